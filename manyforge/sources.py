@@ -1,0 +1,328 @@
+"""Pinned inputs: the source cache, the wheel lock, and the ways to fill the cache.
+
+A file enters the cache only through `SourceCache.add`, which hashes it while copying, and
+renames it into place only when the hash equals its pin: a partial or mismatching file never
+appears under its final name. Builds read sources only from this cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from manyforge.spec import REPO_ROOT, Image, LockedFile, Spec
+
+CHUNK = 1 << 20
+
+
+class SourceError(Exception):
+    pass
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("MANYFORGE_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "manyforge" / "sources"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Pin:
+    filename: str
+    sha256: str
+    url: str | None = None  # upstream address, when there is one
+
+
+def cpython_pins(spec: Spec, interpreters: Iterable[str] | None = None) -> list[Pin]:
+    tags = interpreters if interpreters is not None else spec.data.interpreters
+    versions = sorted({spec.data.interpreters[t].cpython for t in tags})
+    return [
+        Pin(spec.data.cpython[v].filename, spec.data.cpython[v].sha256, spec.data.cpython[v].url) for v in versions
+    ]
+
+
+def wheel_pins(spec: Spec, image: Image, arch: str) -> list[LockedFile]:
+    """The locked wheels one image×arch installs: its tools and their dependencies."""
+    return list(spec.wheels.get(spec.wheel_platform(image, arch), ()))
+
+
+def all_pins(spec: Spec) -> list[Pin]:
+    pins = {p.filename: p for p in cpython_pins(spec)}
+    for files in spec.wheels.values():
+        for w in files:
+            pins[w.filename] = Pin(w.filename, w.sha256)
+    return list(pins.values())
+
+
+class SourceCache:
+    """A directory of files, each present only if its sha256 equals its pin."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+
+    def path(self, pin: Pin | LockedFile) -> Path:
+        return self.root / pin.filename
+
+    def has(self, pin: Pin | LockedFile) -> bool:
+        return self.path(pin).is_file()
+
+    def verify(self, pin: Pin | LockedFile) -> Path:
+        """Path of a cached file after re-checking its hash; a mismatching file is removed."""
+        path = self.path(pin)
+        if not path.is_file():
+            raise SourceError(f"{pin.filename} is not in the source cache {self.root}; run `invoke fetch`")
+        actual = sha256_of(path)
+        if actual != pin.sha256:
+            path.unlink()
+            raise SourceError(
+                f"{path}: sha256 {actual} does not match the pin {pin.sha256}; the file was removed, run `invoke fetch`"
+            )
+        return path
+
+    def add(self, pin: Pin | LockedFile, stream: BinaryIO, progress: str | None = None) -> Path:
+        """Copy a stream into the cache under the pin's name if, and only if, its hash matches."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{pin.filename}.", suffix=".partial", dir=self.root)
+        tmp = Path(tmp_name)
+        try:
+            done = 0
+            with os.fdopen(fd, "wb") as out:
+                for chunk in iter(lambda: stream.read(CHUNK), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress and sys.stderr.isatty():
+                        print(f"\r  {progress}: {done >> 20} MiB", end="", file=sys.stderr, flush=True)
+            if progress and sys.stderr.isatty():
+                print(file=sys.stderr)
+            if digest.hexdigest() != pin.sha256:
+                raise SourceError(
+                    f"{pin.filename}: sha256 {digest.hexdigest()} does not match the pin {pin.sha256}; not kept"
+                )
+            tmp.replace(self.path(pin))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self.path(pin)
+
+    def add_file(self, pin: Pin | LockedFile, source: Path) -> Path:
+        with source.open("rb") as fh:
+            return self.add(pin, fh)
+
+    def fetch_url(self, pin: Pin | LockedFile, url: str) -> Path:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - https/http pins only
+                return self.add(pin, response, progress=pin.filename)
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise SourceError(f"{pin.filename}: cannot download {url}: {exc}") from None
+
+    def seed_dir(self, directory: Path, pins: Iterable[Pin | LockedFile]) -> list[str]:
+        """Accept any file under `directory` whose hash equals a pin, whatever its name."""
+        by_hash = {p.sha256: p for p in pins if not self.has(p)}
+        accepted = []
+        for candidate in sorted(directory.rglob("*")):
+            if not by_hash or not candidate.is_file():
+                continue
+            pin = by_hash.get(sha256_of(candidate))
+            if pin is not None:
+                self.add_file(pin, candidate)
+                accepted.append(pin.filename)
+                del by_hash[pin.sha256]
+        return accepted
+
+    def seed_mirror(self, base_url: str, pins: Iterable[Pin | LockedFile]) -> list[str]:
+        """Fetch each missing pin from `<base_url>/<filename>`; accepted by hash alone."""
+        accepted = []
+        for pin in pins:
+            if self.has(pin):
+                continue
+            try:
+                self.fetch_url(pin, f"{base_url.rstrip('/')}/{pin.filename}")
+                accepted.append(pin.filename)
+            except SourceError as exc:
+                print(f"  skipped: {exc}", file=sys.stderr)
+        return accepted
+
+
+# --- CPython from Debian's source archive -----------------------------------------------------
+
+
+def debian_mirror() -> str:
+    out = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "debian-apt.sh"), "--print-mirror"], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0 or not out.stdout.strip():
+        raise SourceError(f"cannot find a Debian mirror in the host's apt sources: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def debian_orig_url(mirror: str, pin: Pin) -> str:
+    """Debian ships python.org's tarball unchanged as the orig tarball of python3.X."""
+    version = pin.filename.removeprefix("Python-").removesuffix(".tgz").removesuffix(".tar.xz")
+    series = ".".join(version.split(".")[:2])
+    ext = "tar.gz" if pin.filename.endswith(".tgz") else "tar.xz"
+    return f"{mirror}/pool/main/p/python{series}/python{series}_{version}.orig.{ext}"
+
+
+def seed_cpython_from_debian(cache: SourceCache, pins: Iterable[Pin]) -> list[str]:
+    mirror = debian_mirror()
+    accepted = []
+    for pin in pins:
+        if cache.has(pin):
+            continue
+        cache.fetch_url(pin, debian_orig_url(mirror, pin))
+        accepted.append(pin.filename)
+    return accepted
+
+
+# --- wheels: lock and fetch through pip, which keeps its own index configuration --------------
+
+
+def platform_tags(policy: str, arch: str) -> list[str]:
+    """Every platform tag a wheel may carry to install under `policy` on `arch`, newest first."""
+    kind, _, rest = policy.partition("_")
+    major, minor = (int(x) for x in rest.split("_"))
+    if kind == "musllinux":
+        return [f"musllinux_{major}_{m}_{arch}" for m in range(minor, -1, -1)]
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    tags = []
+    for m in range(minor, 4, -1):
+        tags.append(f"manylinux_{major}_{m}_{arch}")
+        if m in legacy:
+            tags.append(f"{legacy[m]}_{arch}")
+    return tags
+
+
+def _pip_platform_args(spec: Spec, image: Image, arch: str) -> list[str]:
+    tools_version = spec.data.interpreters[image.tools_interpreter].cpython
+    args = ["--only-binary=:all:", "--python-version", ".".join(tools_version.split(".")[:2])]
+    for tag in platform_tags(image.policy, arch):
+        args += ["--platform", tag]
+    return args
+
+
+def resolve_wheels(spec: Spec, image: Image, arch: str, requirement: str) -> list[LockedFile]:
+    """Ask pip which files it would install for one requirement on an image×arch, with hashes.
+
+    pip reads the dependency metadata from the index, so nothing large is downloaded.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        cmd = [
+            sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+            "--target", str(Path(tmp) / "target"), "--report", str(report),
+            *_pip_platform_args(spec, image, arch), requirement,
+        ]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SourceError(f"pip cannot resolve {requirement} for {image.policy}_{arch}")
+        data = json.loads(report.read_text())
+    files = []
+    for item in data["install"]:
+        info = item["download_info"]
+        files.append(
+            LockedFile(
+                name=item["metadata"]["name"].lower().replace("_", "-"),
+                version=item["metadata"]["version"],
+                filename=info["url"].rsplit("/", 1)[1].split("#")[0],
+                sha256=info["archive_info"]["hashes"]["sha256"],
+            )
+        )
+    return files
+
+
+def write_lock(spec: Spec, path: Path, jobs: int = 8) -> list[str]:
+    """Resolve every tool of every image×arch and write the lock; returns what has no wheel."""
+    work = [
+        (spec.wheel_platform(image, arch), image, arch, f"{name}=={version}", optional)
+        for image in spec.images.values()
+        for arch in image.archs
+        for name, version, optional in spec.tool_requirements(image)
+    ]
+
+    def resolve(item: tuple[str, Image, str, str, bool]) -> tuple[str, str, bool, list[LockedFile] | None]:
+        key, image, arch, requirement, optional = item
+        try:
+            return key, requirement, optional, resolve_wheels(spec, image, arch, requirement)
+        except SourceError:
+            return key, requirement, optional, None
+
+    platforms: dict[str, dict[str, LockedFile]] = {}
+    unavailable: list[str] = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for n, (key, requirement, optional, files) in enumerate(pool.map(resolve, work), 1):
+            print(f"\r  resolved {n}/{len(work)}", end="", file=sys.stderr, flush=True)
+            slot = platforms.setdefault(key, {})
+            if files is None:
+                unavailable.append(f"{requirement} on {key}{' (optional: skipped)' if optional else ''}")
+                continue
+            for f in files:
+                slot[f.filename] = f
+    print(file=sys.stderr)
+    path.write_text(
+        json.dumps(
+            {
+                "comment": "Generated by `invoke lock` from the tools in images.yaml; do not edit.",
+                "platforms": {
+                    k: [f.__dict__ for f in sorted(v.values(), key=lambda f: f.name)]
+                    for k, v in sorted(platforms.items())
+                },
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    return unavailable
+
+
+def fetch_wheels(spec: Spec, cache: SourceCache, image: Image, arch: str) -> list[str]:
+    """Download the locked wheels of an image×arch through pip (hash-checked), into the cache."""
+    missing = [w for w in wheel_pins(spec, image, arch) if not cache.has(w)]
+    if not missing:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        reqs = Path(tmp) / "requirements.txt"
+        reqs.write_text("".join(f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in missing))
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
+            "-d", str(Path(tmp) / "out"), "-r", str(reqs), *_pip_platform_args(spec, image, arch),
+        ]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SourceError(f"pip download failed for {image.policy}_{arch}:\n{out.stderr}")
+        for w in missing:
+            cache.add_file(w, Path(tmp) / "out" / w.filename)
+    return [w.filename for w in missing]
+
+
+def stage_files(cache: SourceCache, pins: Iterable[Pin | LockedFile], dest: Path) -> None:
+    """Put verified cache files into a build context (hard links when possible)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for pin in pins:
+        src = cache.verify(pin)
+        target = dest / pin.filename
+        target.unlink(missing_ok=True)
+        try:
+            os.link(src, target)
+        except OSError:
+            shutil.copy2(src, target)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Bootstrap a minimal Debian root from the distribution's signed archive (no registry)
+# and write it as a tarball ready for `docker import`. Foreign architectures run their
+# maintainer scripts through the host's QEMU binfmt handlers.
+#
+#   debootstrap-base.sh SUITE DEBIAN_ARCH OUTPUT.tar
+set -euo pipefail
+
+if [[ $# -ne 3 ]]; then
+    echo "usage: $0 SUITE DEBIAN_ARCH OUTPUT.tar" >&2
+    exit 2
+fi
+suite=$1 arch=$2 output=$3
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+mirror=${MANYFORGE_DEBIAN_MIRROR:-$("$here/debian-apt.sh" --print-mirror)}
+
+root=$(mktemp -d "${TMPDIR:-/tmp}/manyforge-root.XXXXXX")
+partial="$output.partial"
+cleanup() { rm -rf "$root" "$partial"; }
+trap cleanup EXIT
+
+# The keyring makes debootstrap verify the Release file's signature and every
+# package's hash against it.
+debootstrap --variant=minbase --arch="$arch" \
+    --keyring=/usr/share/keyrings/debian-archive-keyring.gpg \
+    "$suite" "$root" "$mirror" >&2
+
+rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb "$root"/var/log/*.log
+printf 'deb %s %s main\n' "$mirror" "$suite" > "$root/etc/apt/sources.list"
+tar --numeric-owner --xattrs -C "$root" -cf "$partial" .
+mv "$partial" "$output"

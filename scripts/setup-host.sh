@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 host to build and test images: Docker engine, buildx plugin,
+# QEMU user emulation with binfmt handlers, debootstrap, linters. Safe to run again:
+# every step checks first and only does what is missing.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+state_dir=${MANYFORGE_STATE_DIR:-/var/cache/manyforge}
+plugin_dir=/usr/local/lib/docker/cli-plugins
+log() { printf '==> %s\n' "$*" >&2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "error: $0 must run as root (it installs packages and starts dockerd)" >&2
+    exit 1
+fi
+
+packages=(docker.io qemu-user-static binfmt-support debootstrap shellcheck xz-utils ca-certificates)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq || log "apt-get update reported errors; trying the install anyway"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian 12 has no buildx package; the one from the next release runs against its engine.
+if ! docker buildx version >/dev/null 2>&1; then
+    log "installing docker-buildx from Debian trixie"
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    (cd "$work" && "$here/debian-apt.sh" "$state_dir/apt-trixie" trixie apt-get download -qq docker-buildx 2>/dev/null)
+    dpkg-deb -x "$work"/docker-buildx_*.deb "$work/root"
+    install -D -m 0755 "$work/root/usr/libexec/docker/cli-plugins/docker-buildx" "$plugin_dir/docker-buildx"
+fi
+
+# binfmt handlers: the fix-binary flag lets containers run foreign binaries without
+# QEMU inside them.
+if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-s390x ]]; then
+    log "registering QEMU binfmt handlers"
+    update-binfmts --enable >/dev/null 2>&1 || true
+    for fmt in /usr/share/binfmts/qemu-*; do
+        update-binfmts --import "$(basename "$fmt")" >/dev/null 2>&1 || true
+    done
+fi
+if ! grep -q '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-s390x 2>/dev/null; then
+    echo "error: binfmt handler qemu-s390x is missing or lacks the fix-binary (F) flag" >&2
+    exit 1
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd (log: /var/log/manyforge-dockerd.log)"
+    nohup dockerd >/var/log/manyforge-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 1
+    done
+    docker info >/dev/null 2>&1 || { echo "error: dockerd did not start; see /var/log/manyforge-dockerd.log" >&2; exit 1; }
+fi
+
+log "host ready: $(docker version --format 'engine {{.Server.Version}}'), $(docker buildx version | cut -d' ' -f1,2)"
