@@ -120,6 +120,7 @@ class SourceCache:
                 raise SourceError(
                     f"{pin.filename}: sha256 {digest.hexdigest()} does not match the pin {pin.sha256}; not kept"
                 )
+            tmp.chmod(0o644)
             tmp.replace(self.path(pin))
         finally:
             tmp.unlink(missing_ok=True)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Build one CPython from a verified source tarball into PREFIX, install the pinned pip into it,
+# strip it and drop its test suite and static library (nobody links a wheel against them).
+#
+#   build-cpython.sh TARBALL PREFIX PIP_WHEEL [CONFIGURE-ARGS...]
+set -euo pipefail
+
+tarball=$1 prefix=$2 pip_wheel=$3
+shift 3
+
+step() { echo "manyforge: $(basename "$prefix"): $*"; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+tar -xf "$tarball" -C "$work" --strip-components=1
+cd "$work"
+
+configure_args=(--prefix="$prefix" --with-ensurepip=no --enable-ipv6 "$@")
+# Test extension modules only slow the build down; the option exists from 3.10 on.
+if ./configure --help | grep -q -- --disable-test-modules; then
+    configure_args+=(--disable-test-modules)
+fi
+# Keep the interpreter's own flags out of the sysconfig that extension builds inherit.
+step configure
+./configure "${configure_args[@]}" CFLAGS_NODIST="-fno-semantic-interposition" >/dev/null
+step "make -j$(nproc)"
+make -j"$(nproc)" >/dev/null
+step "make install"
+make install >/dev/null
+
+python=$(find "$prefix/bin" -maxdepth 1 -name 'python3.[0-9]*' ! -name '*-config' -type f | head -n1)
+ln -sf "$(basename "$python")" "$prefix/bin/python3"
+ln -sf "$(basename "$python")" "$prefix/bin/python"
+step "pip, strip, trim"
+# A wheel is runnable as a zip application: pip installs itself from its own wheel, offline.
+"$python" "$pip_wheel/pip" install --quiet --no-index --no-cache-dir --disable-pip-version-check "$pip_wheel"
+ln -sf pip3 "$prefix/bin/pip"
+
+libdir=$(find "$prefix/lib" -maxdepth 1 -name 'python3.*' -type d | head -n1)
+rm -rf "$libdir"/config-*/libpython*.a
+find "$libdir" -depth -type d \( -name test -o -name tests -o -name idle_test \) \
+    ! -path '*/site-packages/*' -exec rm -rf {} +
+find "$prefix" -type f \( -name '*.so' -o -path "$prefix/bin/*" \) -print0 | xargs -0 file \
+    | grep ': *ELF' | cut -d: -f1 | xargs -r strip --strip-unneeded
+
+"$prefix/bin/python3" -c 'import ssl, sqlite3, ctypes, zlib, bz2, lzma, readline, uuid, sys; print(sys.version)'

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Lay out the image contract: /opt/python/<tag> for each interpreter, pythonX.Y on PATH,
+# the tools on PATH, and a manifest of what the image carries.
+#
+#   finalize.sh POLICY ARCH TAG=PREFIX...
+set -euo pipefail
+
+policy=$1 arch=$2
+shift 2
+
+mkdir -p /opt/python
+manifest=/opt/_internal/manifest.txt
+printf 'policy %s\narch %s\n' "$policy" "$arch" > "$manifest"
+for pair in "$@"; do
+    tag=${pair%%=*} prefix=${pair#*=}
+    ln -sfn "$prefix" "/opt/python/$tag"
+    python=$(basename "$(find "$prefix/bin" -maxdepth 1 -name 'python3.[0-9]*' ! -name '*-config' -type f | head -n1)")
+    ln -sf "$prefix/bin/$python" "/usr/local/bin/$python"
+    "/opt/python/$tag/bin/python" -c 'import sys' # every interpreter must start
+    printf 'interpreter %s %s\n' "$tag" "$prefix" >> "$manifest"
+done
+
+for tool in /opt/_internal/tools/bin/*; do
+    name=$(basename "$tool")
+    case $name in
+        python* | pip* | activate* | Activate*) ;;
+        *) ln -sf "$tool" "/usr/local/bin/$name" ;;
+    esac
+done
+chmod 0755 /usr/local/bin/manyforge-entrypoint

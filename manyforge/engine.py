@@ -1,0 +1,219 @@
+"""Stage 3: the only module that talks to Docker.
+
+Checks that the host can build for a platform, bootstraps Debian bases without a registry,
+runs `docker buildx build` with progress on the terminal and a kept log, tags the result,
+and starts containers for the tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from manyforge.arches import ARCHES, NATIVE_ARCH
+from manyforge.render import Target, bootstrap_base_ref
+from manyforge.spec import REPO_ROOT, Spec
+
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+SETUP_HINT = "run `sudo scripts/setup-host.sh` (or `invoke setup`) to install and start it"
+
+
+class EngineError(Exception):
+    pass
+
+
+def client() -> docker.DockerClient:
+    if shutil.which("docker") is None:
+        raise EngineError(f"the docker CLI is not installed; {SETUP_HINT}")
+    try:
+        c = docker.from_env(timeout=600)
+        c.ping()
+    except docker.errors.DockerException as exc:
+        raise EngineError(f"no Docker engine answers ({exc.__class__.__name__}); {SETUP_HINT}") from None
+    return c
+
+
+def check_prerequisites(arch: str, needs_debootstrap: bool) -> None:
+    """Fail early, with the fix, when something the build needs is missing."""
+    client()
+    if subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode != 0:
+        raise EngineError(f"the docker buildx plugin is missing; {SETUP_HINT}")
+    if arch != NATIVE_ARCH and arch not in ("i686",):
+        qemu = {"aarch64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x", "armv7l": "arm", "riscv64": "riscv64"}
+        handler = BINFMT_DIR / f"qemu-{qemu[arch]}"
+        if not handler.exists():
+            raise EngineError(f"no binfmt handler for {arch} ({handler} is missing): QEMU emulation is not set up; {SETUP_HINT}")
+        if "F" not in re.search(r"flags: *(\S*)", handler.read_text()).group(1):
+            raise EngineError(f"binfmt handler {handler} lacks the fix-binary (F) flag that containers need; {SETUP_HINT}")
+    if needs_debootstrap and shutil.which("debootstrap") is None:
+        raise EngineError(f"debootstrap is not installed; {SETUP_HINT}")
+
+
+def image_platform(ref: str) -> str | None:
+    try:
+        attrs = client().images.get(ref).attrs
+    except docker.errors.ImageNotFound:
+        return None
+    variant = attrs.get("Variant")
+    return f"{attrs['Os']}/{attrs['Architecture']}" + (f"/{variant}" if variant else "")
+
+
+def ensure_bootstrap_base(spec: Spec, base_name: str, arch: str) -> str:
+    """Create the local base image of a debootstrap base, unless it is already there."""
+    ref = bootstrap_base_ref(spec, base_name, arch)
+    platform = ARCHES[arch].platform
+    if image_platform(ref) == platform:
+        return ref
+    suite = spec.data.bases[base_name].debootstrap
+    print(f"==> bootstrapping {suite} for {arch} from Debian's signed archive", file=sys.stderr)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="manyforge-base-") as tmp:
+        tarball = Path(tmp) / "root.tar"
+        proc = subprocess.run(
+            [str(REPO_ROOT / "scripts" / "debootstrap-base.sh"), suite, ARCHES[arch].debian, str(tarball)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise EngineError(f"debootstrap of {suite}/{arch} failed:\n{proc.stderr[-3000:]}")
+        imported = subprocess.run(
+            ["docker", "import", "--platform", platform,
+             "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "--change", 'CMD ["/bin/bash"]', str(tarball), ref],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if imported.returncode != 0:
+            raise EngineError(f"docker import of the {suite}/{arch} root failed: {imported.stderr.strip()}")
+    print(f"==> base {ref} ready in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    return ref
+
+
+def next_tag(repository: str, today: dt.date | None = None) -> str:
+    """`YYYY.MM.DD-N`: N counts the builds of the day that produced a new image."""
+    day = (today or dt.date.today()).strftime("%Y.%m.%d")
+    numbers = []
+    for image in client().images.list(name=repository):
+        for tag in image.tags:
+            m = re.fullmatch(rf"{re.escape(repository)}:{re.escape(day)}-(\d+)", tag)
+            if m:
+                numbers.append(int(m.group(1)))
+    return f"{day}-{max(numbers, default=0) + 1}"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image_id: str
+    tags: list[str]
+    seconds: float
+    log: Path
+
+
+def build(target: Target, context: Path, log_dir: Path, extra_tags: list[str] | None = None) -> BuildResult:
+    """Build a prepared context with buildx for the target's platform and tag it."""
+    check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
+    if target.base.debootstrap:
+        ensure_bootstrap_base(target.spec, target.base_name, target.arch)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{target.slug}.log"
+    suffix = f"-{target.variant_suffix}" if target.variant_suffix else ""
+    build_ref = f"{target.repository}:build{suffix}"
+    cmd = [
+        "docker", "buildx", "build", "--platform", target.platform, "--progress", "plain", "--load",
+        "--tag", build_ref, str(context),
+    ]  # fmt: skip
+    print(f"==> building {target.slug} ({target.platform}); log: {log}", file=sys.stderr)
+    started = time.monotonic()
+    with log.open("w") as log_fh:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert proc.stdout is not None
+        progress = _Progress(started)
+        for line in proc.stdout:
+            log_fh.write(line)
+            progress.feed(line)
+        rc = proc.wait()
+    seconds = time.monotonic() - started
+    if rc != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+        raise EngineError(f"build of {target.slug} failed after {seconds:.0f}s (exit {rc}); last lines of {log}:\n{tail}")
+    image = client().images.get(build_ref)
+    tags = _apply_tags(image, target, suffix, extra_tags or [])
+    return BuildResult(image.id, tags, seconds, log)
+
+
+def _apply_tags(image, target: Target, suffix: str, extra: list[str]) -> list[str]:
+    repo = target.repository
+    existing = [t for t in image.tags if re.fullmatch(rf"{re.escape(repo)}:\d{{4}}\.\d\d\.\d\d-\d+{re.escape(suffix)}", t)]
+    dated = existing[0].split(":", 1)[1] if existing else next_tag(repo) + suffix
+    tags = [f"{repo}:{dated}", f"{repo}:latest{suffix}"] + extra
+    for tag in tags:
+        name, _, version = tag.rpartition(":")
+        image.tag(name, version)
+    return tags
+
+
+class _Progress:
+    """Condense BuildKit's plain output: each step once when it starts and when it ends, errors,
+    and a heartbeat naming the running steps at most once a minute."""
+
+    def __init__(self, started: float):
+        self.started = started
+        self.names: dict[str, str] = {}
+        self.running: set[str] = set()
+        self.last_beat = started
+
+    def _say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.0f}s] {text}", file=sys.stderr, flush=True)
+
+    def feed(self, line: str) -> None:
+        m = re.match(r"#(\d+) (.*)", line.rstrip())
+        if not m:
+            return
+        step, rest = m.groups()
+        if rest.startswith("[") and step not in self.names:
+            self.names[step] = rest.split("]", 1)[0] + "]"
+            if " RUN " in rest or " COPY " in rest or "FROM" in rest:
+                self.running.add(step)
+                self._say(f"start {self.names[step]}")
+        elif rest.startswith(("DONE", "CACHED", "ERROR")) and step in self.names:
+            self.running.discard(step)
+            self._say(f"{rest.split()[0].lower():6} {self.names[step]} {rest.split(' ', 1)[1] if ' ' in rest else ''}")
+        elif "manyforge:" in rest:
+            self._say(rest.split("manyforge:", 1)[1].strip())
+        elif "ERROR" in rest or "error:" in rest.lower():
+            self._say(rest)
+        now = time.monotonic()
+        if now - self.last_beat > 60 and self.running:
+            self.last_beat = now
+            self._say("running: " + ", ".join(sorted(self.names[s] for s in self.running)))
+
+
+# --- containers, for the tests ------------------------------------------------------------------
+
+
+def image_size(ref: str) -> int:
+    return int(client().images.get(ref).attrs["Size"])
+
+
+def start_container(ref: str, arch: str, mounts: dict[str, str] | None = None):
+    """Start a long-lived container of an image (for testinfra); the caller removes it."""
+    volumes = {host: {"bind": inside, "mode": "ro"} for host, inside in (mounts or {}).items()}
+    return client().containers.run(
+        ref, ["sleep", "infinity"], detach=True, platform=ARCHES[arch].platform, volumes=volumes, network_mode="none"
+    )
+
+
+def local_image_exists(ref: str) -> bool:
+    try:
+        client().images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False

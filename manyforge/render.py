@@ -1,0 +1,210 @@
+"""Stage 2: turn one image×arch of the spec into a Dockerfile and a build context.
+
+The build context holds only the Dockerfile, the in-image scripts, and the verified source
+and wheel files that this image×arch needs, taken from the source cache.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from manyforge.arches import ARCHES
+from manyforge.sources import Pin, SourceCache, cpython_pins, stage_files, wheel_pins
+from manyforge.spec import REPO_ROOT, Base, Image, Spec, SpecError, Toolchain
+
+DOCKER_DIR = REPO_ROOT / "docker"
+
+
+@dataclass(frozen=True)
+class InterpreterBuild:
+    tag: str
+    version: str
+    free_threaded: bool
+    filename: str
+
+    @property
+    def stage(self) -> str:
+        return "cpython_" + self.tag.replace("-", "_")
+
+    @property
+    def prefix(self) -> str:
+        return f"/opt/_internal/cpython-{self.version}{'t' if self.free_threaded else ''}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One buildable thing: an image of the spec, for one architecture, in one variant."""
+
+    spec: Spec
+    image_name: str
+    arch: str
+    base_name: str
+    toolchain_name: str
+    interpreters: tuple[str, ...]
+
+    @property
+    def image(self) -> Image:
+        return self.spec.images[self.image_name]
+
+    @property
+    def base(self) -> Base:
+        return self.spec.data.bases[self.base_name]
+
+    @property
+    def toolchain(self) -> Toolchain:
+        return self.spec.data.toolchains[self.toolchain_name]
+
+    @property
+    def platform(self) -> str:
+        return ARCHES[self.arch].platform
+
+    @property
+    def repository(self) -> str:
+        """Image name without tag: <org>/<policy>_<arch>."""
+        return f"{self.spec.data.org}/{self.image.policy}_{self.arch}"
+
+    @property
+    def variant_suffix(self) -> str:
+        parts = []
+        if self.base_name != self.image.base:
+            parts.append(self.base_name)
+        if self.toolchain_name != self.image.toolchain:
+            parts.append(self.toolchain_name)
+        if self.interpreters != self.image.interpreters:
+            parts.append("partial")
+        return "-".join(parts)
+
+    @property
+    def slug(self) -> str:
+        return f"{self.image.policy}_{self.arch}" + (f"-{self.variant_suffix}" if self.variant_suffix else "")
+
+    def base_ref(self) -> str:
+        if self.base.image:
+            return self.base.image
+        return bootstrap_base_ref(self.spec, self.base_name, self.arch)
+
+    def interpreter_builds(self) -> list[InterpreterBuild]:
+        out = []
+        for tag in self.interpreters:
+            interp = self.spec.data.interpreters[tag]
+            out.append(
+                InterpreterBuild(tag, interp.cpython, interp.free_threaded, self.spec.data.cpython[interp.cpython].filename)
+            )
+        return out
+
+    def source_pins(self) -> list[Pin]:
+        return cpython_pins(self.spec, self.interpreters)
+
+
+def bootstrap_base_ref(spec: Spec, base_name: str, arch: str) -> str:
+    """Local name of a base bootstrapped on this machine (one repository per arch, so that
+    images of different platforms never share a name in the engine's store)."""
+    return f"{spec.data.org}/base-{base_name}-{arch}:{spec.data.bases[base_name].debootstrap}"
+
+
+def resolve_target(
+    spec: Spec,
+    image_name: str,
+    arch: str,
+    base: str | None = None,
+    toolchain: str | None = None,
+    interpreters: list[str] | None = None,
+) -> Target:
+    """Check command-line choices against the spec; errors list what is allowed."""
+    image = spec.image(image_name)
+    problems = []
+    if arch not in image.archs:
+        problems.append(f"unknown arch {arch!r} for image {image_name}; choose one of: {', '.join(image.archs)}")
+    bases = (image.base, *image.base_variants)
+    if base is not None and base not in bases:
+        problems.append(f"unknown base {base!r} for image {image_name}; choose one of: {', '.join(bases)}")
+    toolchains = (image.toolchain, *image.toolchain_variants)
+    if toolchain is not None and toolchain not in toolchains:
+        problems.append(f"unknown toolchain {toolchain!r} for image {image_name}; choose one of: {', '.join(toolchains)}")
+    chosen = image.interpreters
+    if interpreters:
+        unknown = [t for t in interpreters if t not in image.interpreters]
+        if unknown:
+            problems.append(
+                f"unknown interpreter(s) {', '.join(unknown)} for image {image_name}; "
+                f"choose from: {', '.join(image.interpreters)}"
+            )
+        wanted = set(interpreters) | {image.tools_interpreter}
+        chosen = tuple(t for t in image.interpreters if t in wanted)
+    if problems:
+        raise SpecError(problems)
+    base_name = base or image.base
+    if arch not in spec.data.bases[base_name].archs:
+        raise SpecError([f"base {base_name} has no {arch}; it has: {', '.join(spec.data.bases[base_name].archs)}"])
+    return Target(spec, image_name, arch, base_name, toolchain or image.toolchain, chosen)
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(DOCKER_DIR),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # noqa: S701 - renders a Dockerfile, not HTML
+    )
+
+
+def render_dockerfile(target: Target) -> str:
+    builds = target.interpreter_builds()
+    pip = next((w for w in wheel_pins(target.spec, target.image, target.arch) if w.name == "pip"), None)
+    if pip is None:
+        raise SpecError([f"{target.image_name}: the tool 'pip' must be pinned for {target.slug}"])
+    return (
+        _environment()
+        .get_template("Dockerfile.j2")
+        .render(
+            policy=target.image.policy,
+            arch=target.arch,
+            family=target.base.family,
+            base_name=target.base_name,
+            base_ref=target.base_ref(),
+            toolchain_name=target.toolchain_name,
+            toolchain=target.toolchain,
+            interpreters=builds,
+            tools_interpreter=next(b for b in builds if b.tag == target.image.tools_interpreter),
+            pip_wheel=pip.filename,
+        )
+    )
+
+
+def tools_requirements(target: Target) -> str:
+    """requirements.txt for the tools venv: every locked file of this platform, hash-pinned."""
+    optional_missing = set()
+    locked = wheel_pins(target.spec, target.image, target.arch)
+    names = {w.name for w in locked}
+    for name, _version, optional in target.spec.tool_requirements(target.image):
+        if optional and name not in names:
+            optional_missing.add(name)
+    lines = [f"# tools for {target.slug}; not published for this platform: {', '.join(sorted(optional_missing)) or 'none'}"]
+    by_name: dict[str, list[str]] = {}
+    versions = {}
+    for w in locked:
+        by_name.setdefault(w.name, []).append(w.sha256)
+        versions[w.name] = w.version
+    for name in sorted(by_name):
+        hashes = " ".join(f"--hash=sha256:{h}" for h in by_name[name])
+        lines.append(f"{name}=={versions[name]} {hashes}")
+    return "\n".join(lines) + "\n"
+
+
+def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
+    """Write a complete build context for `target` into `dest` (replaced if present)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    (dest / "Dockerfile").write_text(render_dockerfile(target))
+    shutil.copytree(DOCKER_DIR / "scripts", dest / "scripts")
+    stage_files(cache, target.source_pins(), dest / "sources")
+    stage_files(cache, wheel_pins(target.spec, target.image, target.arch), dest / "wheels")
+    (dest / "wheels" / "tools.txt").write_text(tools_requirements(target))
+    return dest

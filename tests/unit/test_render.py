@@ -1,0 +1,116 @@
+"""Rendering: every image×arch and variant renders, lints clean, and keeps build-only packages
+out of the final stage."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from manyforge.render import render_dockerfile, resolve_target
+from manyforge.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = load_spec()
+TARGETS = [
+    resolve_target(SPEC, name, arch, base=base, toolchain=toolchain)
+    for name, image in SPEC.images.items()
+    for arch in image.archs
+    for base in (image.base, *image.base_variants)
+    for toolchain in (image.toolchain, *image.toolchain_variants)
+]
+
+
+def stages(dockerfile: str) -> dict[str, str]:
+    """Stage name -> its text."""
+    out: dict[str, str] = {}
+    current = None
+    for line in dockerfile.splitlines():
+        m = re.match(r"FROM \S+ AS (\S+)", line)
+        if m:
+            current = m.group(1)
+            out[current] = ""
+        if current:
+            out[current] += line + "\n"
+    return out
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("dockerfiles")
+    paths = {}
+    for target in TARGETS:
+        path = out / f"{target.slug}.Dockerfile"
+        path.write_text(render_dockerfile(target))
+        paths[target.slug] = path
+    return paths
+
+
+def test_every_image_arch_and_variant_renders(rendered):
+    assert len(rendered) == len(TARGETS) >= 35
+    assert "manylinux_2_34_s390x-ubi9-gcc-toolset-13" in rendered
+
+
+def test_hadolint_passes_on_every_rendered_file(rendered):
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint is installed with the test extras"
+    proc = subprocess.run([hadolint, *map(str, rendered.values())], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_shellcheck_passes_on_every_script():
+    scripts = sorted((ROOT / "docker" / "scripts").glob("*.sh")) + sorted((ROOT / "scripts").glob("*.sh"))
+    scripts += sorted((ROOT / ".ci").glob("*"))
+    assert len(scripts) >= 8
+    proc = subprocess.run(["shellcheck", "--shell=bash", *map(str, scripts)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[t.slug for t in TARGETS])
+def test_stage_layout(target):
+    text = render_dockerfile(target)
+    parts = stages(text)
+    builds = target.interpreter_builds()
+    # One stage per interpreter, each built from its own pinned tarball.
+    for b in builds:
+        assert f"sources/{b.filename}" in parts[b.stage]
+        assert ("--disable-gil" in parts[b.stage]) == b.free_threaded
+        assert f"COPY --from={b.stage} {b.prefix} {b.prefix}" in parts["final"]
+    assert parts["final"].startswith("FROM runtime AS final")
+    # The family's build-only packages are installed in the build stage and nowhere else.
+    build_pkgs = re.findall(r"\b[\w.+-]+-(?:dev|devel)\b", parts["build"])
+    assert build_pkgs
+    for stage, body in parts.items():
+        if stage != "build":
+            assert not set(build_pkgs) & set(re.findall(r"\b[\w.+-]+-(?:dev|devel)\b", body)), stage
+    assert f"AUDITWHEEL_PLAT={target.image.policy}_{target.arch}" in parts["runtime"]
+    for package in target.toolchain.packages:
+        assert package in parts["runtime"]
+    assert target.base_ref() in text.splitlines()[text.splitlines().index(parts["runtime"].splitlines()[0])]
+
+
+def test_base_is_pinned_by_digest_or_bootstrapped():
+    for target in TARGETS:
+        ref = target.base_ref()
+        assert "@sha256:" in ref or target.base.debootstrap, ref
+
+
+def test_partial_interpreter_set_keeps_tools_interpreter():
+    target = resolve_target(SPEC, "manylinux_2_36", "s390x", interpreters=["cp39-cp39"])
+    assert target.interpreters == ("cp39-cp39", "cp313-cp313")
+    assert target.slug == "manylinux_2_36_s390x-partial"
+
+
+def test_render_task_writes_the_file(tmp_path):
+    out = tmp_path / "Dockerfile"
+    proc = subprocess.run(
+        ["invoke", "render", "--image", "musllinux_1_2", "--arch", "aarch64", "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "FROM alpine:3.22@sha256:" in text and "apk add --no-cache" in text
+    assert "AUDITWHEEL_PLAT=musllinux_1_2_aarch64" in text

@@ -1,0 +1,163 @@
+"""images.yaml validation: the real file loads; every kind of broken file is reported clearly."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from manyforge.spec import DEFAULT_SPEC, SpecError, load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+RAW = yaml.safe_load(DEFAULT_SPEC.read_text())
+
+
+def write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "images.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False) if not isinstance(data, str) else data)
+    return path
+
+
+def problems_of(tmp_path: Path, data) -> list[str]:
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, data))
+    return err.value.problems
+
+
+def mutated(fn):
+    data = copy.deepcopy(RAW)
+    fn(data)
+    return data
+
+
+def test_repository_matrix_loads(spec):
+    assert "manylinux_2_36" in spec.images
+    for image in spec.images.values():
+        for arch in image.archs:
+            assert arch in spec.data.bases[image.base].archs
+
+
+def test_unknown_key_names_path_and_allowed_keys(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d["images"]["manylinux_2_36"].update(archz=["x86_64"])))
+    assert problems == [
+        "images.yaml: images.manylinux_2_36.archz: unknown key; allowed keys here: policy, libc, base, "
+        "base_variants, toolchain, toolchain_variants, archs, interpreters, tools_interpreter, tools, "
+        "optional_tools, tool_versions"
+    ]
+
+
+def test_unknown_top_level_key(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d.update(imagez={})))
+    assert len(problems) == 1 and problems[0].startswith("images.yaml: imagez: unknown key; allowed keys here: org, cpython")
+
+
+def test_unknown_arch_lists_allowed(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d["images"]["manylinux_2_36"]["archs"].append("sparc64")))
+    assert len(problems) == 1
+    assert problems[0].startswith("images.yaml: images.manylinux_2_36.archs[6]: 'sparc64' is not allowed; expected 'x86_64'")
+
+
+def test_wrong_types(tmp_path):
+    def breaks(d):
+        d["images"]["manylinux_2_36"]["libc"]["version"] = 2.36
+        d["interpreters"]["cp313-cp313t"]["free_threaded"] = "yes"
+
+    problems = problems_of(tmp_path, breaks(d := copy.deepcopy(RAW)) or d)
+    assert any(p.startswith("images.yaml: images.manylinux_2_36.libc.version: Input should be a valid string") for p in problems)
+    assert any(p.startswith("images.yaml: interpreters.cp313-cp313t.free_threaded: Input should be a valid boolean") for p in problems)
+    assert len(problems) == 2
+
+
+def test_arch_the_base_does_not_have(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d["images"]["manylinux_2_34"]["archs"].append("i686")))
+    assert "images.yaml: images.manylinux_2_34.archs[4]: base 'almalinux9' has no i686; it has: x86_64, aarch64, ppc64le, s390x" in problems
+    assert "images.yaml: images.manylinux_2_34.archs[4]: base 'ubi9' has no i686; it has: x86_64, aarch64, ppc64le, s390x" in problems
+
+
+def test_duplicate_image_is_reported_with_lines(tmp_path):
+    text = DEFAULT_SPEC.read_text()
+    start = text.index("  manylinux_2_36:\n")
+    duplicated = text + text[start:]
+    problems = problems_of(tmp_path, duplicated)
+    assert len(problems) == 1
+    assert "duplicate key 'manylinux_2_36'" in problems[0] and "first defined on line" in problems[0]
+
+
+def test_missing_cpython_pin(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d["cpython"]["3.13.5"].pop("sha256")))
+    assert problems == ["images.yaml: cpython.3.13.5.sha256: required key is missing"]
+
+
+def test_interpreter_without_pinned_source(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d["cpython"].pop("3.9.2")))
+    assert problems[0].startswith("images.yaml: interpreters.cp39-cp39.cpython: no pinned source for CPython 3.9.2")
+
+
+def test_tool_without_lock_entry(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d["tools"].update(auditwheel="0.0.1")))
+    assert "images.yaml: images.manylinux_2_36.tools: no pin for auditwheel==0.0.1 on manylinux_2_36_x86_64 in wheels.lock.json; run `invoke lock`" in problems
+
+
+def test_bad_sha256_and_unpinned_base(tmp_path):
+    def breaks(d):
+        d["cpython"]["3.11.2"]["sha256"] = "abc"
+        d["bases"]["almalinux9"]["image"] = "almalinux:9"
+
+    problems = problems_of(tmp_path, breaks(d := copy.deepcopy(RAW)) or d)
+    assert any(p.startswith("images.yaml: cpython.3.11.2.sha256: 'abc' does not match the required form") for p in problems)
+    assert any(p.startswith("images.yaml: bases.almalinux9.image: 'almalinux:9' does not match the required form") for p in problems)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    def breaks(d):
+        d["images"]["manylinux_2_36"]["toolchain"] = "clang-99"
+        d["images"]["musllinux_1_2"]["interpreters"].append("cp27-cp27mu")
+        d["images"]["manylinux_2_28"]["libc"]["name"] = "musl"
+
+    problems = problems_of(tmp_path, breaks(d := copy.deepcopy(RAW)) or d)
+    assert len(problems) == 3
+    assert any("images.manylinux_2_36.toolchain: unknown toolchain 'clang-99'" in p for p in problems)
+    assert any("images.musllinux_1_2.interpreters[10]: unknown interpreter 'cp27-cp27mu'" in p for p in problems)
+    assert any("images.manylinux_2_28.libc.name: manylinux_2_28 needs glibc, not musl" in p for p in problems)
+
+
+def test_not_yaml(tmp_path):
+    problems = problems_of(tmp_path, "images: [unclosed\n")
+    assert problems[0].startswith("images.yaml: line ") and "not valid YAML" in problems[0]
+
+
+def run_invoke(*args: str, spec: Path | None = None, env_path: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if spec is not None:
+        env["MANYFORGE_SPEC"] = str(spec)
+    if env_path is not None:
+        env["PATH"] = env_path
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+
+
+def test_cli_reports_broken_file_without_traceback_and_builds_nothing(tmp_path):
+    broken = write(tmp_path, mutated(lambda d: d["images"]["manylinux_2_36"]["archs"].append("sparc64")))
+    for task in ("render", "build", "fetch"):
+        proc = run_invoke(task, spec=broken)
+        assert proc.returncode == 2, (task, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert "error: images.yaml: images.manylinux_2_36.archs[6]: 'sparc64' is not allowed" in proc.stderr
+
+
+def test_cli_unknown_image_and_arch_list_choices():
+    proc = run_invoke("build", "--image", "manylinux_9_99")
+    assert proc.returncode == 2
+    assert "unknown image 'manylinux_9_99'; choose one of: manylinux2014, manylinux_2_28" in proc.stderr
+    proc = run_invoke("render", "--image", "musllinux_1_2", "--arch", "sparc64")
+    assert proc.returncode == 2
+    assert "unknown arch 'sparc64' for image musllinux_1_2; choose one of: x86_64, i686, aarch64, ppc64le, s390x, armv7l, riscv64" in proc.stderr
+    proc = run_invoke("render", "--image", "manylinux_2_34", "--toolchain", "gcc-toolset-9")
+    assert proc.returncode == 2
+    assert "choose one of: gcc-toolset-14, gcc-toolset-13" in proc.stderr
