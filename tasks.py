@@ -6,6 +6,7 @@ problem and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -128,6 +129,13 @@ def build(c, image=None, arch="x86_64", python=None, base=None, toolchain=None, 
         s, image or pipeline.default_image(s), arch, base=base, toolchain=toolchain, interpreters=_list(python)
     )[0]
     pipeline.build(s, SourceCache(), target, origin=origin)
+
+
+@task(help={"spec": "matrix file (default: images.yaml)"})
+@_guard
+def matrix(c, spec=None):
+    """Print the image×arch build matrix as JSON (the GitHub workflow's matrix)."""
+    print(json.dumps({"include": pipeline.ci_matrix(_spec(spec))}))
 
 
 @task(help={"pytest_args": "extra arguments for pytest, e.g. '-k unit'"})

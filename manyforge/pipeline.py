@@ -102,3 +102,13 @@ def targets_for(spec: Spec, image: str | None, arch: str | None, **choices) -> l
         for a in [arch] if arch else img.archs:
             out.append(resolve_target(spec, name, a, **choices))
     return out
+
+
+def ci_matrix(spec: Spec) -> list[dict[str, str]]:
+    """Every image×arch, for the GitHub workflow's build matrix."""
+    return [
+        {"image": name, "arch": arch, "platform": t.platform, "slug": t.slug}
+        for name, image in spec.images.items()
+        for arch in image.archs
+        for t in [resolve_target(spec, name, arch)]
+    ]

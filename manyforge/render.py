@@ -64,8 +64,8 @@ class Target:
 
     @property
     def repository(self) -> str:
-        """Image name without tag: <org>/<policy>_<arch>."""
-        return f"{self.spec.data.org}/{self.image.policy}_{self.arch}"
+        """Image name without tag: <org>/<image>_<arch> (the image's name in images.yaml)."""
+        return f"{self.spec.data.org}/{self.image_name}_{self.arch}"
 
     @property
     def variant_suffix(self) -> str:
@@ -80,7 +80,7 @@ class Target:
 
     @property
     def slug(self) -> str:
-        return f"{self.image.policy}_{self.arch}" + (f"-{self.variant_suffix}" if self.variant_suffix else "")
+        return f"{self.image_name}_{self.arch}" + (f"-{self.variant_suffix}" if self.variant_suffix else "")
 
     def base_ref(self) -> str:
         if self.base.image:

@@ -3,7 +3,9 @@ container of each, and hand testinfra hosts to the tests.
 
 Which images: the image this machine builds end to end (the first bootstrappable base in
 images.yaml), natively for x86_64 and under QEMU for s390x. The emulated build carries only
-the tools interpreter, to stay within CI time. MANYFORGE_TEST_ARCHES=x86_64 narrows the run.
+the tools interpreter, to stay within CI time. MANYFORGE_TEST_ARCHES=x86_64 narrows the run;
+MANYFORGE_TEST_IMAGE=<image> tests another image (the GitHub workflow tests each one), and
+MANYFORGE_TEST_FULL=1 builds every interpreter for emulated arches too.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ class BuiltImage:
 
 
 def _targets(spec: Spec) -> list[Target]:
-    image = pipeline.default_image(spec)
+    image = os.environ.get("MANYFORGE_TEST_IMAGE") or pipeline.default_image(spec)
     arches = os.environ.get("MANYFORGE_TEST_ARCHES", f"x86_64,{EMULATED_ARCH}").split(",")
     out = []
     for arch in arches:
-        if arch == "x86_64":
+        if arch == "x86_64" or os.environ.get("MANYFORGE_TEST_FULL"):
             out.append(resolve_target(spec, image, arch))
         else:
             out.append(resolve_target(spec, image, arch, interpreters=[spec.images[image].tools_interpreter]))
