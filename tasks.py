@@ -15,7 +15,9 @@ from pathlib import Path
 from invoke import Exit, task
 
 from manyforge import pipeline
+from manyforge.arches import ARCHES
 from manyforge.engine import EngineError
+from manyforge.policy import PolicyError
 from manyforge.render import render_dockerfile
 from manyforge.sources import SourceCache, SourceError, write_lock
 from manyforge.spec import DEFAULT_LOCK, DEFAULT_SPEC, SpecError, load_spec
@@ -31,6 +33,8 @@ def _guard(fn):
             return fn(c, *args, **kwargs)
         except SpecError as exc:
             raise Exit("error: " + "\nerror: ".join(exc.problems), code=2) from None
+        except PolicyError as exc:
+            raise Exit("error: " + "\nerror: ".join(exc.problems), code=1) from None
         except (SourceError, EngineError) as exc:
             raise Exit(f"error: {exc}", code=1) from None
 
@@ -129,6 +133,52 @@ def build(c, image=None, arch="x86_64", python=None, base=None, toolchain=None, 
         s, image or pipeline.default_image(s), arch, base=base, toolchain=toolchain, interpreters=_list(python)
     )[0]
     pipeline.build(s, SourceCache(), target, origin=origin)
+
+
+@task(
+    positional=["action"],
+    help={
+        "action": "dump (a Debian root), derive (policies from dumps) or check (a built image)",
+        "image": "check: image of images.yaml (default: the one this machine builds)",
+        "arch": "check/dump: architecture (default: x86_64)",
+        "suite": "dump: Debian suite, e.g. bookworm",
+        "output": "dump: where to write the JSON (default: tests/data/dumps/debian-<suite>-<arch>.json)",
+        "dumps": "derive: comma-separated dump files or directories",
+        "write": "derive: add the derived entries to policies/",
+        "spec": "matrix file (default: images.yaml)",
+    },
+)
+@_guard
+def policy(c, action, image=None, arch="x86_64", suite=None, output=None, dumps=None, write=False, spec=None):
+    """Platform policies: `invoke policy dump|derive|check`."""
+    if action == "dump":
+        if not suite:
+            raise Exit("error: policy dump needs --suite (a Debian suite, e.g. bookworm)", code=2)
+        if arch not in ARCHES:
+            raise Exit(f"error: unknown arch {arch!r}; choose one of: {', '.join(ARCHES)}", code=2)
+        out = Path(output) if output else ROOT / "tests" / "data" / "dumps" / f"debian-{suite}-{arch}.json"
+        data = pipeline.policy_dump_debian(suite, arch, out)
+        print(f"{out}: {data['libc']['name']} {data['libc']['version']} {data['arch']}, {len(data['libraries'])} libraries")
+    elif action == "derive":
+        paths = []
+        for item in _list(dumps) or [str(ROOT / "tests" / "data" / "dumps")]:
+            p = Path(item)
+            paths += sorted(p.glob("*.json")) if p.is_dir() else [p]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing or not paths:
+            raise Exit(f"error: no such dump file(s): {', '.join(missing) or 'none given'}", code=2)
+        for line in pipeline.policy_derive(paths, write):
+            print(line)
+    elif action == "check":
+        s = _spec(spec)
+        target = pipeline.targets_for(s, image or pipeline.default_image(s), arch)[0]
+        report, problems = pipeline.policy_check(s, target)
+        print("\n".join(report))
+        if problems:
+            raise Exit("error: " + "\nerror: ".join(problems), code=1)
+        print(f"{target.slug} agrees with policies/")
+    else:
+        raise Exit(f"error: unknown action {action!r}; choose one of: dump, derive, check", code=2)
 
 
 @task(help={"spec": "matrix file (default: images.yaml)"})

@@ -8,11 +8,13 @@ and starts containers for the tests.
 from __future__ import annotations
 
 import datetime as dt
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +138,20 @@ def build(target: Target, context: Path, log_dir: Path, extra_tags: list[str] | 
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert proc.stdout is not None
         progress = _Progress(started)
-        for line in proc.stdout:
+        lines: queue.Queue[str | None] = queue.Queue()
+        reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
+        reader.start()
+        while True:
+            try:
+                line = lines.get(timeout=15)
+            except queue.Empty:
+                progress.beat()  # quiet compiles still show that they are alive
+                continue
+            if line is None:
+                break
             log_fh.write(line)
             progress.feed(line)
+        reader.join()
         rc = proc.wait()
     seconds = time.monotonic() - started
     if rc != 0:
@@ -158,6 +171,12 @@ def _apply_tags(image, target: Target, suffix: str, extra: list[str]) -> list[st
         name, _, version = tag.rpartition(":")
         image.tag(name, version)
     return tags
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
 
 
 class _Progress:
@@ -190,6 +209,9 @@ class _Progress:
             self._say(rest.split("manyforge:", 1)[1].strip())
         elif "ERROR" in rest or "error:" in rest.lower():
             self._say(rest)
+        self.beat()
+
+    def beat(self) -> None:
         now = time.monotonic()
         if now - self.last_beat > 60 and self.running:
             self.last_beat = now
@@ -217,3 +239,18 @@ def local_image_exists(ref: str) -> bool:
         return True
     except docker.errors.ImageNotFound:
         return False
+
+
+def run_in_image(ref: str, arch: str, command: list[str], mounts: dict[str, str] | None = None) -> str:
+    """Run a command in a throw-away container of an image and return its standard output."""
+    volumes = {host: {"bind": inside, "mode": "ro"} for host, inside in (mounts or {}).items()}
+    try:
+        out = client().containers.run(
+            ref, command, remove=True, platform=ARCHES[arch].platform, volumes=volumes, network_mode="none",
+            stdout=True, stderr=False,
+        )  # fmt: skip
+    except docker.errors.ContainerError as exc:
+        raise EngineError(f"{' '.join(command)} failed in {ref} (exit {exc.exit_status}): {exc.stderr!r}") from None
+    except docker.errors.ImageNotFound:
+        raise EngineError(f"image {ref} is not built; run `invoke build` first") from None
+    return out.decode()

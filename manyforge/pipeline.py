@@ -112,3 +112,95 @@ def ci_matrix(spec: Spec) -> list[dict[str, str]]:
         for arch in image.archs
         for t in [resolve_target(spec, name, arch)]
     ]
+
+
+# --- policies -------------------------------------------------------------------------------
+
+SCRIPTS = REPO_ROOT / "scripts"
+POLICY_LIBRARIES = "libatomic1,libexpat1"  # whitelisted libraries with symbol versions beyond minbase
+
+
+def policy_dump_debian(suite: str, arch: str, output: Path) -> dict:
+    """debootstrap a Debian root and dump its libc and symbol versions (for `policy derive`)."""
+    import json
+    import os
+    import subprocess
+    import tarfile
+    import tempfile
+
+    from manyforge.arches import ARCHES
+
+    with tempfile.TemporaryDirectory(prefix="manyforge-dump-") as tmp:
+        tarball = Path(tmp) / "root.tar"
+        env = dict(os.environ, MANYFORGE_DEBOOTSTRAP_INCLUDE=POLICY_LIBRARIES)
+        log(f"bootstrapping {suite} for {arch}")
+        proc = subprocess.run(
+            [str(SCRIPTS / "debootstrap-base.sh"), suite, ARCHES[arch].debian, str(tarball)],
+            env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise SourceError(f"debootstrap {suite}/{arch} failed:\n{proc.stderr[-2000:]}")
+        root = Path(tmp) / "root"
+        root.mkdir()
+        with tarfile.open(tarball) as tar:
+            tar.extractall(root, filter="tar")
+        dump = subprocess.run(
+            [sys.executable, str(SCRIPTS / "calculate_symbol_versions.py"), "--root", str(root),
+             "--label", f"debian-{suite}-{arch}"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if dump.returncode != 0:
+            raise SourceError(f"symbol dump of {suite}/{arch} failed: {dump.stderr.strip()}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(dump.stdout)
+    return json.loads(dump.stdout)
+
+
+def policy_derive(dump_paths: list[Path], write: bool) -> list[str]:
+    """Derive policies from dumps; with `write`, add the new entries to policies/."""
+    from manyforge import policy
+
+    dumps = [policy.Dump.read(p) for p in dump_paths]
+    lines = []
+    for family, filename in policy.FAMILY_FILES.items():
+        mine = [d for d in dumps if (d.libc == "glibc") == (family == "manylinux")]
+        if not mine:
+            continue
+        path = policy.POLICY_DIR / filename
+        published = policy.load_policies(path)
+        result = policy.derive(mine, published)
+        known = {p.name for p in published}
+        for entry in result.entries:
+            if entry.name not in known:
+                lines.append(f"derived {entry.name}: archs {', '.join(sorted(entry.symbol_versions))}")
+            elif any(d for d in mine if policy._policy_name(d) == entry.name):
+                lines.append(f"kept published {entry.name} (immutable)")
+        lines += [f"contradiction: {r}" for r in result.report]
+        problems = policy.check_order(filename, result.entries)
+        if problems:
+            raise policy.PolicyError(problems)
+        if write:
+            policy.write_policies(path, result.entries)
+            lines.append(f"wrote {path.relative_to(REPO_ROOT)}")
+    return lines
+
+
+def policy_check(spec: Spec, target: Target, ref: str | None = None) -> tuple[list[str], list[str]]:
+    """Dump the built image and build probes in it; compare both with its policy."""
+    import json
+
+    from manyforge import policy
+
+    policies = policy.load_all()
+    problems = [p for p in policy.check_images_covered(spec, policies) if target.image.policy in p]
+    if problems:
+        return [], problems
+    suffix = f"-{target.variant_suffix}" if target.variant_suffix else ""
+    ref = ref or f"{target.repository}:latest{suffix}"
+    python = f"/opt/python/{target.image.tools_interpreter}/bin/python"
+    mounts = {str(SCRIPTS): "/manyforge-scripts"}
+    dump = json.loads(engine.run_in_image(ref, target.arch, [python, "/manyforge-scripts/calculate_symbol_versions.py"], mounts))
+    probes = json.loads(engine.run_in_image(ref, target.arch, [python, "/manyforge-scripts/policy_probes.py"], mounts))
+    report = [f"{ref}: {dump['libc']['name']} {dump['libc']['version']}, policy {target.image.policy}"]
+    more, problems = policy.check_image(target.image.policy, target.arch, dump, probes["probes"], policies)
+    return report + more, problems

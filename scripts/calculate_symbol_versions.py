@@ -25,7 +25,7 @@ VER_FLG_BASE = 0x1
 EM_ARCH = {3: "i686", 62: "x86_64", 183: "aarch64", 21: "ppc64le", 22: "s390x", 40: "armv7l", 243: "riscv64"}
 # Libraries a wheel may assume on a manylinux/musllinux system (the union of the policies).
 DEFAULT_LIBRARIES = [
-    "libc.so.6", "libm.so.6", "libdl.so.2", "librt.so.1", "libpthread.so.0", "libutil.so.1",
+    "libc.so.6", "libm.so.6", "libmvec.so.1", "libanl.so.1", "libatomic.so.1", "libdl.so.2", "librt.so.1", "libpthread.so.0", "libutil.so.1",
     "libresolv.so.2", "libnsl.so.1", "libgcc_s.so.1", "libstdc++.so.6", "libz.so.1", "libexpat.so.1",
     "libX11.so.6", "libXext.so.6", "libXrender.so.1", "libICE.so.6", "libSM.so.6", "libGL.so.1",
     "libgobject-2.0.so.0", "libgthread-2.0.so.0", "libglib-2.0.so.0",
@@ -75,14 +75,21 @@ def read_verdef(path):
 
 
 def group_versions(names):
-    """{'GLIBC_2.2.5', 'GLIBC_2.3'} -> {'GLIBC': ['2.2.5', '2.3']} sorted numerically."""
+    """{'GLIBC_2.2.5', 'CXXABI_TM_1'} -> {'GLIBC': ['2.2.5'], 'CXXABI': ['TM_1']}, numbers in
+    numeric order; private versions are not part of any ABI and are left out."""
     groups = {}
     for name in names:
-        m = re.match(r"^([A-Z_]+?)_(\d[\d.]*)$", name)
-        if m:
+        m = re.match(r"^([A-Z]+)_(.+)$", name)
+        if m and m.group(2) != "PRIVATE":
             groups.setdefault(m.group(1), []).append(m.group(2))
-    key = lambda v: [int(x) for x in v.split(".")]  # noqa: E731
-    return {prefix: sorted(set(vs), key=key) for prefix, vs in sorted(groups.items())}
+    return {prefix: sorted(set(vs), key=version_key) for prefix, vs in sorted(groups.items())}
+
+
+def version_key(version):
+    """Numeric versions in numeric order, then named ones (FLOAT128, TM_1) alphabetically."""
+    if re.match(r"^\d+(\.\d+)*$", version):
+        return (0, [int(x) for x in version.split(".")], "")
+    return (1, [], version)
 
 
 def find_library(root, name):

@@ -4,6 +4,8 @@
 # maintainer scripts through the host's QEMU binfmt handlers.
 #
 #   debootstrap-base.sh SUITE DEBIAN_ARCH OUTPUT.tar
+#
+# MANYFORGE_DEBOOTSTRAP_INCLUDE=pkg1,pkg2 adds packages (the policy dumps use it).
 set -euo pipefail
 
 if [[ $# -ne 3 ]]; then
@@ -21,7 +23,11 @@ trap cleanup EXIT
 
 # The keyring makes debootstrap verify the Release file's signature and every
 # package's hash against it.
-debootstrap --variant=minbase --arch="$arch" \
+include=()
+if [[ -n ${MANYFORGE_DEBOOTSTRAP_INCLUDE:-} ]]; then
+    include=(--include="$MANYFORGE_DEBOOTSTRAP_INCLUDE")
+fi
+debootstrap --variant=minbase --arch="$arch" "${include[@]}" \
     --keyring=/usr/share/keyrings/debian-archive-keyring.gpg \
     "$suite" "$root" "$mirror" >&2
 

@@ -37,7 +37,9 @@ step "pip, strip, trim"
 ln -sf pip3 "$prefix/bin/pip"
 
 libdir=$(find "$prefix/lib" -maxdepth 1 -name 'python3.*' -type d | head -n1)
-rm -rf "$libdir"/config-*/libpython*.a
+# The static libpython serves embedding, never a wheel; optimized bytecode serves only -O runs.
+rm -f "$prefix"/lib/libpython*.a "$libdir"/config-*/libpython*.a
+find "$libdir" -name '*.opt-[12].pyc' -delete
 find "$libdir" -depth -type d \( -name test -o -name tests -o -name idle_test \) \
     ! -path '*/site-packages/*' -exec rm -rf {} +
 find "$prefix" -type f \( -name '*.so' -o -path "$prefix/bin/*" \) -print0 | xargs -0 file \

@@ -118,3 +118,14 @@ def test_sample_wheel_builds_repairs_and_installs(host, built_image, interpreter
     run(host, f"{work}/venv/bin/python -m pip install --no-index {work}/wheelhouse/{wheels[0]}")
     check = "import manyforge_sample as m; print(m.add(40, 2), m.sorted_words('pear apple fig'))"
     assert run(host, f"cd / && {work}/venv/bin/python -c {shlex.quote(check)}") == "42 apple fig pear"
+
+
+def test_image_agrees_with_its_policy(built_image):
+    """The symbol dump of the image and probes compiled with its toolchain stay within the
+    image's policy in policies/ (the check `invoke policy check` runs)."""
+    from manyforge import pipeline
+
+    report, problems = pipeline.policy_check(built_image.target.spec, built_image.target, ref=built_image.ref)
+    assert problems == [], "\n".join(report + problems)
+    assert any(line.startswith("probe c-libc: ") for line in report)
+    assert any(line.startswith("probe cxx-stdlib: ") and "(ok)" in line for line in report)
