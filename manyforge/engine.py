@@ -87,14 +87,13 @@ def ensure_bootstrap_base(spec: Spec, base_name: str, arch: str) -> str:
         )  # fmt: skip
         if proc.returncode != 0:
             raise EngineError(f"debootstrap of {suite}/{arch} failed:\n{proc.stderr[-3000:]}")
+        shutil.copy(REPO_ROOT / "docker" / "bootstrap-base.Dockerfile", Path(tmp) / "Dockerfile")
         imported = subprocess.run(
-            ["docker", "import", "--platform", platform,
-             "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-             "--change", 'CMD ["/bin/bash"]', str(tarball), ref],
+            ["docker", "buildx", "build", "--platform", platform, "--load", "--tag", ref, tmp],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if imported.returncode != 0:
-            raise EngineError(f"docker import of the {suite}/{arch} root failed: {imported.stderr.strip()}")
+            raise EngineError(f"turning the {suite}/{arch} root into an image failed: {imported.stderr[-2000:]}")
     print(f"==> base {ref} ready in {time.monotonic() - started:.0f}s", file=sys.stderr)
     return ref
 

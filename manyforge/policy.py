@@ -293,11 +293,12 @@ def auditwheel_policies(wheel: Path) -> dict[str, PolicyEntry]:
 # --- checking a built image against its policy -----------------------------------------------
 
 
-def priority_of(tag: str, policies: dict[str, PolicyEntry], arch: str) -> tuple[str, int]:
-    """'manylinux_2_31_x86_64' -> ('manylinux_2_31', priority); unknown names rank lowest."""
-    name = tag.removesuffix(f"_{arch}")
-    entry = policies.get(name)
-    return name, entry.priority if entry else -1
+def policy_version(tag: str, arch: str) -> tuple[int, int]:
+    """'manylinux_2_31_x86_64' -> (2, 31): older libc means more compatible."""
+    m = re.fullmatch(rf"(?:manylinux|musllinux)_(\d+)_(\d+)_{re.escape(arch)}", tag)
+    if not m:
+        return (999, 999)  # 'linux_<arch>' or anything unknown: compatible with nothing
+    return (int(m.group(1)), int(m.group(2)))
 
 
 def check_image(
@@ -321,14 +322,13 @@ def check_image(
                     f"{policy_name} ({arch}): the image's {lib} defines {prefix} {', '.join(extra)}, "
                     f"beyond what the policy allows; wheels built here could need them"
                 )
-    own = entry.priority
+    own = entry.libc_version
     for probe, result in sorted(probes.items()):
         if "policy" in result:
-            name, priority = priority_of(result["policy"], policies, arch)
-            verdict = "ok" if priority >= own else "NEEDS MORE THAN THE IMAGE'S POLICY"
-            report.append(f"probe {probe}: {result['policy']} ({verdict})")
-            if priority < own:
-                problems.append(f"probe {probe} needs {name}, more than the image's {policy_name}")
+            fits = policy_version(result["policy"], arch) <= own
+            report.append(f"probe {probe}: {result['policy']} ({'ok' if fits else 'NEEDS MORE THAN THE POLICY'})")
+            if not fits:
+                problems.append(f"probe {probe} needs {result['policy']}, more than the image's {policy_name}")
         elif "skipped" in result:
             report.append(f"probe {probe}: skipped ({result['skipped']})")
         else:

@@ -154,3 +154,28 @@ def test_differences_from_auditwheel_are_all_recorded(spec):
     for name, diffs in actual.items():
         assert recorded[name]["reason"].strip()
         assert sorted(recorded[name]["differences"]) == sorted(diffs), name
+
+
+def test_image_check_flags_probes_libc_and_libraries_beyond_the_policy():
+    policies = {p.name: p for p in policy.load_policies(policy.POLICY_DIR / "manylinux-policy.json")}
+    image_dump = {
+        "libc": {"name": "glibc", "version": "2.34"},
+        "libraries": {"libstdc++.so.6": {"GLIBCXX": ["3.4", "3.4.99"]}, "libfoo.so.1": {"FOO": ["9"]}},
+    }
+    probes = {
+        "c-libc": {"policy": "manylinux_2_5_x86_64"},
+        "cxx-format": {"policy": "manylinux_2_39_x86_64"},
+        "cxx-jthread": {"skipped": "g++ cannot build it"},
+    }
+    report, problems = policy.check_image("manylinux_2_36", "x86_64", image_dump, probes, policies)
+    assert report == [
+        "probe c-libc: manylinux_2_5_x86_64 (ok)",
+        "probe cxx-format: manylinux_2_39_x86_64 (NEEDS MORE THAN THE POLICY)",
+        "probe cxx-jthread: skipped (g++ cannot build it)",
+    ]
+    assert problems == [
+        "manylinux_2_36: the image's glibc is 2.34, the policy is for 2.36",
+        "manylinux_2_36 (x86_64): the image's libstdc++.so.6 defines GLIBCXX 3.4.99, beyond what the policy "
+        "allows; wheels built here could need them",
+        "probe cxx-format needs manylinux_2_39_x86_64, more than the image's manylinux_2_36",
+    ]
