@@ -188,6 +188,23 @@ def matrix(c, spec=None):
     print(json.dumps({"include": pipeline.ci_matrix(_spec(spec))}))
 
 
+@task(
+    help={
+        "image": "image of images.yaml (default: the one this machine builds)",
+        "arch": "architecture (default: x86_64)",
+        "python": "comma-separated interpreter tags (default: all of the image)",
+    }
+)
+@_guard
+def benchmark(c, image=None, arch="x86_64", python=None):
+    """Print cold build time, unchanged-rebuild time and image size of one image×arch."""
+    s = _spec(None)
+    target = pipeline.targets_for(s, image or pipeline.default_image(s), arch, interpreters=_list(python))[0]
+    figures = pipeline.benchmark(s, SourceCache(), target)
+    for key, value in figures.items():
+        print(f"{target.slug} {key}: {value}")
+
+
 @task(help={"pytest_args": "extra arguments for pytest, e.g. '-k unit'"})
 def test(c, pytest_args=""):
     """Run the whole test suite: unit tests, then images built and checked for real."""

@@ -118,7 +118,7 @@ class BuildResult:
     log: Path
 
 
-def build(target: Target, context: Path, log_dir: Path, extra_tags: list[str] | None = None) -> BuildResult:
+def build(target: Target, context: Path, log_dir: Path, no_cache: bool = False) -> BuildResult:
     """Build a prepared context with buildx for the target's platform and tag it."""
     check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
     if target.base.debootstrap:
@@ -129,7 +129,7 @@ def build(target: Target, context: Path, log_dir: Path, extra_tags: list[str] | 
     build_ref = f"{target.repository}:build{suffix}"
     cmd = [
         "docker", "buildx", "build", "--platform", target.platform, "--progress", "plain", "--load",
-        "--tag", build_ref, str(context),
+        "--tag", build_ref, *(["--no-cache"] if no_cache else []), str(context),
     ]  # fmt: skip
     print(f"==> building {target.slug} ({target.platform}); log: {log}", file=sys.stderr)
     started = time.monotonic()
@@ -157,15 +157,15 @@ def build(target: Target, context: Path, log_dir: Path, extra_tags: list[str] | 
         tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
         raise EngineError(f"build of {target.slug} failed after {seconds:.0f}s (exit {rc}); last lines of {log}:\n{tail}")
     image = client().images.get(build_ref)
-    tags = _apply_tags(image, target, suffix, extra_tags or [])
+    tags = _apply_tags(image, target, suffix)
     return BuildResult(image.id, tags, seconds, log)
 
 
-def _apply_tags(image, target: Target, suffix: str, extra: list[str]) -> list[str]:
+def _apply_tags(image, target: Target, suffix: str) -> list[str]:
     repo = target.repository
     existing = [t for t in image.tags if re.fullmatch(rf"{re.escape(repo)}:\d{{4}}\.\d\d\.\d\d-\d+{re.escape(suffix)}", t)]
     dated = existing[0].split(":", 1)[1] if existing else next_tag(repo) + suffix
-    tags = [f"{repo}:{dated}", f"{repo}:latest{suffix}"] + extra
+    tags = [f"{repo}:{dated}", f"{repo}:latest{suffix}"]
     for tag in tags:
         name, _, version = tag.rpartition(":")
         image.tag(name, version)

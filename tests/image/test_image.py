@@ -131,3 +131,14 @@ def test_image_agrees_with_its_policy(built_image):
     assert problems == [], "\n".join(report + problems)
     assert any(line.startswith("probe c-libc: ") for line in report)
     assert any(line.startswith("probe cxx-stdlib: ") and "(ok)" in line for line in report)
+
+
+def test_interpreter_is_stripped_and_has_no_test_suite(host, built_image, interpreter):
+    prefix = run(host, f"readlink -f /opt/python/{interpreter}")
+    stdlib = run(host, f"readlink -f $(/opt/python/{interpreter}/bin/python -c 'import sysconfig; print(sysconfig.get_path(\"stdlib\"))')")
+    assert stdlib.startswith(prefix + "/lib/python3.")
+    assert not host.file(f"{stdlib}/test").exists
+    assert run(host, f"find {prefix} -name 'libpython*.a' | wc -l") == "0"
+    binary = run(host, f"readlink -f /opt/python/{interpreter}/bin/python")
+    described = run(host, f"file {binary}")
+    assert "ELF" in described and "not stripped" not in described, described
