@@ -226,6 +226,7 @@ def image_size(ref: str) -> int:
 
 def start_container(ref: str, arch: str, mounts: dict[str, str] | None = None):
     """Start a long-lived container of an image (for testinfra); the caller removes it."""
+    require_image(ref)
     volumes = {host: {"bind": inside, "mode": "ro"} for host, inside in (mounts or {}).items()}
     return client().containers.run(
         ref, ["sleep", "infinity"], detach=True, platform=ARCHES[arch].platform, volumes=volumes, network_mode="none"
@@ -242,6 +243,7 @@ def local_image_exists(ref: str) -> bool:
 
 def run_in_image(ref: str, arch: str, command: list[str], mounts: dict[str, str] | None = None) -> str:
     """Run a command in a throw-away container of an image and return its standard output."""
+    require_image(ref)
     volumes = {host: {"bind": inside, "mode": "ro"} for host, inside in (mounts or {}).items()}
     try:
         out = client().containers.run(
@@ -250,6 +252,12 @@ def run_in_image(ref: str, arch: str, command: list[str], mounts: dict[str, str]
         )  # fmt: skip
     except docker.errors.ContainerError as exc:
         raise EngineError(f"{' '.join(command)} failed in {ref} (exit {exc.exit_status}): {exc.stderr!r}") from None
-    except docker.errors.ImageNotFound:
-        raise EngineError(f"image {ref} is not built; run `invoke build` first") from None
+    except docker.errors.APIError as exc:
+        raise EngineError(f"cannot run {ref}: {exc.explanation or exc}") from None
     return out.decode()
+
+
+def require_image(ref: str) -> None:
+    """Containers start only from local images: never let the engine try a registry."""
+    if not local_image_exists(ref):
+        raise EngineError(f"image {ref} is not built here; build it first with `invoke build`")

@@ -39,3 +39,14 @@ def test_binfmt_handler_without_fix_binary_flag_is_refused(tmp_path, monkeypatch
 
 def test_real_host_is_ready_for_emulated_builds():
     engine.check_prerequisites("s390x", needs_debootstrap=True)
+
+
+def test_policy_check_of_an_image_not_built_says_so_without_a_registry():
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "policy", "check", "--image", "manylinux_2_34", "--arch", "ppc64le"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "error: image manyforge/manylinux_2_34_ppc64le:latest is not built here; build it first with `invoke build`"
+    )
