@@ -17,16 +17,19 @@ class ArchInfo:
     platform: str  # docker --platform
     debian: str  # dpkg architecture
     bits: int
+    gnu_triplet: str  # Debian's name for cross compilers targeting it
 
 
 ARCHES: dict[str, ArchInfo] = {
-    "x86_64": ArchInfo("linux/amd64", "amd64", 64),
-    "i686": ArchInfo("linux/386", "i386", 32),
-    "aarch64": ArchInfo("linux/arm64", "arm64", 64),
-    "ppc64le": ArchInfo("linux/ppc64le", "ppc64el", 64),
-    "s390x": ArchInfo("linux/s390x", "s390x", 64),
-    "armv7l": ArchInfo("linux/arm/v7", "armhf", 32),
-    "riscv64": ArchInfo("linux/riscv64", "riscv64", 64),
+    "x86_64": ArchInfo("linux/amd64", "amd64", 64, "x86_64-linux-gnu"),
+    "i686": ArchInfo("linux/386", "i386", 32, "i686-linux-gnu"),
+    "aarch64": ArchInfo("linux/arm64", "arm64", 64, "aarch64-linux-gnu"),
+    "ppc64le": ArchInfo("linux/ppc64le", "ppc64el", 64, "powerpc64le-linux-gnu"),
+    "s390x": ArchInfo("linux/s390x", "s390x", 64, "s390x-linux-gnu"),
+    "armv7l": ArchInfo("linux/arm/v7", "armhf", 32, "arm-linux-gnueabihf"),
+    "riscv64": ArchInfo("linux/riscv64", "riscv64", 64, "riscv64-linux-gnu"),
 }
 
 NATIVE_ARCH = "x86_64"
+# Arches the host CPU runs without QEMU (a 32-bit personality is enough for i686).
+RUNS_NATIVELY = {"x86_64", "i686"}

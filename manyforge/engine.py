@@ -121,8 +121,8 @@ class BuildResult:
 def build(target: Target, context: Path, log_dir: Path, no_cache: bool = False) -> BuildResult:
     """Build a prepared context with buildx for the target's platform and tag it."""
     check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
-    if target.base.debootstrap:
-        ensure_bootstrap_base(target.spec, target.base_name, target.arch)
+    for arch in target.bootstrap_arches:
+        ensure_bootstrap_base(target.spec, target.base_name, arch)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{target.slug}.log"
     suffix = f"-{target.variant_suffix}" if target.variant_suffix else ""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from manyforge.arches import ARCHES
+from manyforge.arches import ARCHES, NATIVE_ARCH, RUNS_NATIVELY
 from manyforge.sources import Pin, SourceCache, cpython_pins, stage_files, wheel_pins
 from manyforge.spec import REPO_ROOT, Base, Image, Spec, SpecError, Toolchain
 
@@ -82,10 +82,22 @@ class Target:
     def slug(self) -> str:
         return f"{self.image_name}_{self.arch}" + (f"-{self.variant_suffix}" if self.variant_suffix else "")
 
-    def base_ref(self) -> str:
+    def base_ref(self, arch: str | None = None) -> str:
         if self.base.image:
             return self.base.image
-        return bootstrap_base_ref(self.spec, self.base_name, self.arch)
+        return bootstrap_base_ref(self.spec, self.base_name, arch or self.arch)
+
+    @property
+    def cross_compiles(self) -> bool:
+        """Emulated targets whose toolchain has a native cross compiler build CPython with it."""
+        return self.arch not in RUNS_NATIVELY and self.toolchain.cross is not None and self.base.family == "apt"
+
+    @property
+    def bootstrap_arches(self) -> list[str]:
+        """Debootstrapped bases this build needs: its own, and the host's for the cross stage."""
+        if not self.base.debootstrap:
+            return []
+        return [self.arch] + ([NATIVE_ARCH] if self.cross_compiles else [])
 
     def interpreter_builds(self) -> list[InterpreterBuild]:
         out = []
@@ -173,6 +185,18 @@ def render_dockerfile(target: Target) -> str:
             interpreters=builds,
             tools_interpreter=next(b for b in builds if b.tag == target.image.tools_interpreter),
             pip_wheel=pip.filename,
+            cross=(
+                {
+                    "base_ref": target.base_ref(NATIVE_ARCH),
+                    "platform": ARCHES[NATIVE_ARCH].platform,
+                    "package": f"{target.toolchain.cross}-{ARCHES[target.arch].gnu_triplet}",
+                    "triplet": ARCHES[target.arch].gnu_triplet,
+                    "host_triplet": ARCHES[NATIVE_ARCH].gnu_triplet,
+                    "version": target.toolchain.cross.rsplit("-", 1)[-1],
+                }
+                if target.cross_compiles
+                else None
+            ),
         )
     )
 

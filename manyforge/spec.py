@@ -71,6 +71,9 @@ class Toolchain(_Model):
     gcc: Version
     prefix: Str | None = None
     packages: tuple[Name, ...] = Field(min_length=1)
+    # apt family: Debian's cross compiler of the same GCC (package `<cross>-<gnu triplet>`). It
+    # runs on the build host's CPU inside emulated builds, where QEMU would run the compiler.
+    cross: Name | None = None
 
 
 class Libc(_Model):

@@ -114,3 +114,18 @@ def test_render_task_writes_the_file(tmp_path):
     text = out.read_text()
     assert "FROM alpine:3.22@sha256:" in text and "apk add --no-cache" in text
     assert "AUDITWHEEL_PLAT=musllinux_1_2_aarch64" in text
+
+
+def test_emulated_apt_builds_compile_with_the_hosts_cross_compiler():
+    s390x = render_dockerfile(resolve_target(SPEC, "manylinux_2_36", "s390x"))
+    parts = stages(s390x)
+    assert "gcc-12-s390x-linux-gnu" in parts["cross"]
+    assert "FROM --platform=linux/amd64 manyforge/base-debian12-x86_64:bookworm AS cross" in s390x
+    for name, body in parts.items():
+        if name.startswith("cpython_"):
+            assert "--mount=type=bind,from=cross,target=/cross" in body
+            assert "MANYFORGE_CROSS=x86_64-linux-gnu:s390x-linux-gnu:12" in body
+    # Native and 32-bit x86 builds need no QEMU, and other families have no cross compiler here.
+    for image, arch in [("manylinux_2_36", "x86_64"), ("manylinux_2_36", "i686"), ("manylinux_2_34", "s390x")]:
+        text = render_dockerfile(resolve_target(SPEC, image, arch))
+        assert "AS cross" not in text and "MANYFORGE_CROSS" not in text, (image, arch)
