@@ -29,7 +29,7 @@ def stages(dockerfile: str) -> dict[str, str]:
     out: dict[str, str] = {}
     current = None
     for line in dockerfile.splitlines():
-        m = re.match(r"FROM \S+ AS (\S+)", line)
+        m = re.match(r"FROM (?:--platform=\S+ )?\S+ AS (\S+)", line)
         if m:
             current = m.group(1)
             out[current] = ""
