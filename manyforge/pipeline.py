@@ -206,10 +206,7 @@ def policy_check(spec: Spec, target: Target, ref: str | None = None) -> tuple[li
 
     from manyforge import policy
 
-    policies = policy.load_all()
-    problems = [p for p in policy.check_images_covered(spec, policies) if target.image.policy in p]
-    if problems:
-        return [], problems
+    policies = policy.load_all(spec=spec)
     suffix = f"-{target.variant_suffix}" if target.variant_suffix else ""
     ref = ref or f"{target.repository}:latest{suffix}"
     python = f"/opt/python/{target.image.tools_interpreter}/bin/python"

@@ -104,7 +104,8 @@ def check_order(filename: str, entries: list[PolicyEntry]) -> list[str]:
     return problems
 
 
-def load_all(policy_dir: Path = POLICY_DIR) -> dict[str, PolicyEntry]:
+def load_all(policy_dir: Path = POLICY_DIR, spec: Spec | None = None) -> dict[str, PolicyEntry]:
+    """Every policy of both families; with `spec`, also require each image's policy and arches."""
     out: dict[str, PolicyEntry] = {}
     problems: list[str] = []
     for filename in FAMILY_FILES.values():
@@ -113,6 +114,8 @@ def load_all(policy_dir: Path = POLICY_DIR) -> dict[str, PolicyEntry]:
                 out[entry.name] = entry
         except PolicyError as exc:
             problems += exc.problems
+    if spec is not None and not problems:
+        problems += check_images_covered(spec, out)
     if problems:
         raise PolicyError(problems)
     return out

@@ -26,8 +26,8 @@ def dump(label, version, arch, libraries):
 
 
 def test_repository_policies_load_and_cover_every_image(spec):
-    policies = policy.load_all()
-    assert policy.check_images_covered(spec, policies) == []
+    policies = policy.load_all(spec=spec)
+    assert {image.policy for image in spec.images.values()} <= set(policies)
 
 
 def test_older_than_previous_entry_is_refused(tmp_path):
@@ -65,10 +65,14 @@ def test_malformed_entry_names_policy_and_field(tmp_path):
 
 
 def test_missing_policy_for_an_image_is_named(spec, tmp_path):
-    policies = policy.load_all()
-    del policies["manylinux_2_36"]
-    problems = policy.check_images_covered(spec, policies)
-    assert problems == ["manylinux-policy.json: no policy manylinux_2_36, which images.yaml image manylinux_2_36 declares"]
+    for filename in policy.FAMILY_FILES.values():
+        entries = [e for e in policy.load_policies(policy.POLICY_DIR / filename) if e.name != "manylinux_2_36"]
+        policy.write_policies(tmp_path / filename, entries)
+    with pytest.raises(PolicyError) as err:
+        policy.load_all(tmp_path, spec=spec)
+    assert err.value.problems == [
+        "manylinux-policy.json: no policy manylinux_2_36, which images.yaml image manylinux_2_36 declares"
+    ]
 
 
 def test_derive_intersects_same_libc_and_widens_newer():
