@@ -143,10 +143,13 @@ def test_derivation_from_debian_dumps_matches_policies_dir():
 def test_differences_from_auditwheel_are_all_recorded(spec):
     """Every difference from the pinned auditwheel's policies has a recorded reason, and every
     recorded difference still exists."""
-    from manyforge.sources import SourceCache
+    from manyforge.sources import SourceCache, fetch_wheels
 
+    cache = SourceCache()
     auditwheel = next(w for w in spec.wheels["manylinux_2_36_x86_64"] if w.name == "auditwheel")
-    theirs = policy.auditwheel_policies(SourceCache().verify(auditwheel))
+    if not cache.has(auditwheel):  # a fresh machine: fetch the pinned wheel (hash-checked)
+        fetch_wheels(spec, cache, spec.images["manylinux_2_36"], "x86_64")
+    theirs = policy.auditwheel_policies(cache.verify(auditwheel))
     recorded = yaml.safe_load((policy.POLICY_DIR / "differences.yaml").read_text())
     actual: dict[str, list[str]] = {}
     for name, ours in policy.load_all().items():
