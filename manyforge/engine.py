@@ -22,8 +22,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from manyforge.arches import ARCHES, NATIVE_ARCH
+from manyforge.arches import ARCHES
 from manyforge.render import Target, bootstrap_base_ref
+from manyforge.sources import debootstrap_root
 from manyforge.spec import REPO_ROOT, Spec
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
@@ -50,9 +51,9 @@ def check_prerequisites(arch: str, needs_debootstrap: bool) -> None:
     client()
     if subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode != 0:
         raise EngineError(f"the docker buildx plugin is missing; {SETUP_HINT}")
-    if arch != NATIVE_ARCH and arch not in ("i686",):
-        qemu = {"aarch64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x", "armv7l": "arm", "riscv64": "riscv64"}
-        handler = BINFMT_DIR / f"qemu-{qemu[arch]}"
+    qemu = ARCHES[arch].qemu
+    if qemu is not None:
+        handler = BINFMT_DIR / qemu
         if not handler.exists():
             raise EngineError(f"no binfmt handler for {arch} ({handler} is missing): QEMU emulation is not set up; {SETUP_HINT}")
         if "F" not in re.search(r"flags: *(\S*)", handler.read_text()).group(1):
@@ -80,13 +81,7 @@ def ensure_bootstrap_base(spec: Spec, base_name: str, arch: str) -> str:
     print(f"==> bootstrapping {suite} for {arch} from Debian's signed archive", file=sys.stderr)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="manyforge-base-") as tmp:
-        tarball = Path(tmp) / "root.tar"
-        proc = subprocess.run(
-            [str(REPO_ROOT / "scripts" / "debootstrap-base.sh"), suite, ARCHES[arch].debian, str(tarball)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise EngineError(f"debootstrap of {suite}/{arch} failed:\n{proc.stderr[-3000:]}")
+        debootstrap_root(suite, arch, Path(tmp) / "root.tar")
         shutil.copy(REPO_ROOT / "docker" / "bootstrap-base.Dockerfile", Path(tmp) / "Dockerfile")
         imported = subprocess.run(
             ["docker", "buildx", "build", "--platform", platform, "--load", "--tag", ref, tmp],
@@ -119,13 +114,13 @@ class BuildResult:
 
 
 def build(target: Target, context: Path, log_dir: Path, no_cache: bool = False) -> BuildResult:
-    """Build a prepared context with buildx for the target's platform and tag it."""
-    check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
+    """Build a prepared context with buildx for the target's platform and tag it (the caller
+    has run check_prerequisites)."""
     for arch in target.bootstrap_arches:
         ensure_bootstrap_base(target.spec, target.base_name, arch)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{target.slug}.log"
-    suffix = f"-{target.variant_suffix}" if target.variant_suffix else ""
+    suffix = target.tag_suffix
     build_ref = f"{target.repository}:build{suffix}"
     cmd = [
         "docker", "buildx", "build", "--platform", target.platform, "--progress", "plain", "--load",

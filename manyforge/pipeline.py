@@ -5,21 +5,26 @@ tasks.py only parses arguments and calls these functions; the tests call them to
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
+import tarfile
+import tempfile
 import urllib.error
 from pathlib import Path
 
-from manyforge import engine
+from manyforge import engine, policy
 from manyforge.render import Target, resolve_target, write_context
 from manyforge.sources import (
     SourceCache,
     SourceError,
     all_pins,
     cpython_pins,
+    debootstrap_root,
     fetch_wheels,
     seed_cpython_from_debian,
 )
-from manyforge.spec import REPO_ROOT, Spec, SpecError
+from manyforge.spec import REPO_ROOT, Spec
 
 BUILD_DIR = REPO_ROOT / "build"
 
@@ -109,20 +114,15 @@ def benchmark(spec: Spec, cache: SourceCache, target: Target) -> dict[str, float
 def targets_for(spec: Spec, image: str | None, arch: str | None, **choices) -> list[Target]:
     """All image×arch pairs that match; `None` means every one (validated against the spec)."""
     names = [image] if image else list(spec.images)
-    out = []
-    for name in names:
-        img = spec.image(name)
-        if arch is not None and arch not in img.archs:
-            raise SpecError([f"unknown arch {arch!r} for image {name}; choose one of: {', '.join(img.archs)}"])
-        for a in [arch] if arch else img.archs:
-            out.append(resolve_target(spec, name, a, **choices))
-    return out
+    return [
+        resolve_target(spec, name, a, **choices) for name in names for a in ([arch] if arch else spec.image(name).archs)
+    ]
 
 
 def ci_matrix(spec: Spec) -> list[dict[str, str]]:
     """Every image×arch, for the GitHub workflow's build matrix."""
     return [
-        {"image": name, "arch": arch, "platform": t.platform, "slug": t.slug}
+        {"image": name, "arch": arch, "slug": t.slug}
         for name, image in spec.images.items()
         for arch in image.archs
         for t in [resolve_target(spec, name, arch)]
@@ -137,24 +137,10 @@ POLICY_LIBRARIES = "libatomic1,libexpat1"  # whitelisted libraries with symbol v
 
 def policy_dump_debian(suite: str, arch: str, output: Path) -> dict:
     """debootstrap a Debian root and dump its libc and symbol versions (for `policy derive`)."""
-    import json
-    import os
-    import subprocess
-    import tarfile
-    import tempfile
-
-    from manyforge.arches import ARCHES
-
     with tempfile.TemporaryDirectory(prefix="manyforge-dump-") as tmp:
         tarball = Path(tmp) / "root.tar"
-        env = dict(os.environ, MANYFORGE_DEBOOTSTRAP_INCLUDE=POLICY_LIBRARIES)
         log(f"bootstrapping {suite} for {arch}")
-        proc = subprocess.run(
-            [str(SCRIPTS / "debootstrap-base.sh"), suite, ARCHES[arch].debian, str(tarball)],
-            env=env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise SourceError(f"debootstrap {suite}/{arch} failed:\n{proc.stderr[-2000:]}")
+        debootstrap_root(suite, arch, tarball, include=POLICY_LIBRARIES)
         root = Path(tmp) / "root"
         root.mkdir()
         with tarfile.open(tarball) as tar:
@@ -173,8 +159,6 @@ def policy_dump_debian(suite: str, arch: str, output: Path) -> dict:
 
 def policy_derive(dump_paths: list[Path], write: bool) -> list[str]:
     """Derive policies from dumps; with `write`, add the new entries to policies/."""
-    from manyforge import policy
-
     dumps = [policy.Dump.read(p) for p in dump_paths]
     lines = []
     for family, filename in policy.FAMILY_FILES.items():
@@ -188,7 +172,7 @@ def policy_derive(dump_paths: list[Path], write: bool) -> list[str]:
         for entry in result.entries:
             if entry.name not in known:
                 lines.append(f"derived {entry.name}: archs {', '.join(sorted(entry.symbol_versions))}")
-            elif any(d for d in mine if policy._policy_name(d) == entry.name):
+            elif any(d for d in mine if policy.policy_name_of(d) == entry.name):
                 lines.append(f"kept published {entry.name} (immutable)")
         lines += [f"contradiction: {r}" for r in result.report]
         problems = policy.check_order(filename, result.entries)
@@ -202,13 +186,8 @@ def policy_derive(dump_paths: list[Path], write: bool) -> list[str]:
 
 def policy_check(spec: Spec, target: Target, ref: str | None = None) -> tuple[list[str], list[str]]:
     """Dump the built image and build probes in it; compare both with its policy."""
-    import json
-
-    from manyforge import policy
-
     policies = policy.load_all(spec=spec)
-    suffix = f"-{target.variant_suffix}" if target.variant_suffix else ""
-    ref = ref or f"{target.repository}:latest{suffix}"
+    ref = ref or target.latest_ref
     python = f"/opt/python/{target.image.tools_interpreter}/bin/python"
     mounts = {str(SCRIPTS): "/manyforge-scripts"}
     dump = json.loads(engine.run_in_image(ref, target.arch, [python, "/manyforge-scripts/calculate_symbol_versions.py"], mounts))

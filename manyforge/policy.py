@@ -177,7 +177,7 @@ class Derivation:
     report: list[str] = field(default_factory=list)
 
 
-def _policy_name(dump: Dump) -> str:
+def policy_name_of(dump: Dump) -> str:
     if dump.libc == "glibc":
         return "manylinux_" + dump.libc_version.replace(".", "_")
     major, minor = dump.libc_version.split(".")[:2]
@@ -196,7 +196,7 @@ def derive(dumps: list[Dump], published: list[PolicyEntry]) -> Derivation:
     report: list[str] = []
     groups: dict[str, list[Dump]] = {}
     for dump in dumps:
-        groups.setdefault(_policy_name(dump), []).append(dump)
+        groups.setdefault(policy_name_of(dump), []).append(dump)
     by_name = {p.name: p for p in published}
     derived: dict[str, PolicyEntry] = {}
     for name, members in groups.items():

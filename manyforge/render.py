@@ -79,8 +79,16 @@ class Target:
         return "-".join(parts)
 
     @property
+    def tag_suffix(self) -> str:
+        return f"-{self.variant_suffix}" if self.variant_suffix else ""
+
+    @property
     def slug(self) -> str:
-        return f"{self.image_name}_{self.arch}" + (f"-{self.variant_suffix}" if self.variant_suffix else "")
+        return f"{self.image_name}_{self.arch}{self.tag_suffix}"
+
+    @property
+    def latest_ref(self) -> str:
+        return f"{self.repository}:latest{self.tag_suffix}"
 
     def base_ref(self, arch: str | None = None) -> str:
         if self.base.image:

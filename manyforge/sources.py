@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from manyforge.arches import ARCHES
 from manyforge.spec import REPO_ROOT, Image, LockedFile, Spec
 
 CHUNK = 1 << 20
@@ -314,6 +315,18 @@ def fetch_wheels(spec: Spec, cache: SourceCache, image: Image, arch: str) -> lis
         for w in missing:
             cache.add_file(w, Path(tmp) / "out" / w.filename)
     return [w.filename for w in missing]
+
+
+def debootstrap_root(suite: str, arch: str, tarball: Path, include: str = "") -> None:
+    """A minimal Debian root from the signed archive, as a tarball (scripts/debootstrap-base.sh);
+    `include` adds packages (comma-separated)."""
+    env = dict(os.environ, MANYFORGE_DEBOOTSTRAP_INCLUDE=include)
+    proc = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "debootstrap-base.sh"), suite, ARCHES[arch].debian, str(tarball)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SourceError(f"debootstrap of {suite}/{arch} failed:\n{proc.stderr[-3000:]}")
 
 
 def stage_files(cache: SourceCache, pins: Iterable[Pin | LockedFile], dest: Path) -> None:

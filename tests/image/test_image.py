@@ -11,18 +11,10 @@ import shlex
 
 import pytest
 
+from manyforge.arches import ARCHES
+
 pytestmark = pytest.mark.image
 
-# Debian multiarch triplets, which CPython uses in extension-module suffixes on glibc.
-GNU_TRIPLETS = {
-    "x86_64": "x86_64-linux-gnu",
-    "i686": "i386-linux-gnu",
-    "aarch64": "aarch64-linux-gnu",
-    "ppc64le": "powerpc64le-linux-gnu",
-    "s390x": "s390x-linux-gnu",
-    "armv7l": "arm-linux-gnueabihf",
-    "riscv64": "riscv64-linux-gnu",
-}
 
 
 def run(host, command: str) -> str:
@@ -72,7 +64,7 @@ def test_interpreter_directories_are_exactly_the_declared_ones(host, built_image
 def test_build_only_packages_are_absent(host, built_image):
     # Headers used only to compile CPython must not reach the final image.
     assert not host.file("/usr/include/openssl/ssl.h").exists
-    assert not host.file("/usr/include/ffi.h").exists and not host.file(f"/usr/include/{GNU_TRIPLETS[built_image.target.arch]}/ffi.h").exists
+    assert not host.file("/usr/include/ffi.h").exists and not host.file(f"/usr/include/{ARCHES[built_image.target.arch].multiarch}/ffi.h").exists
 
 
 def test_interpreter_runs_with_its_tag_and_suffix(host, built_image, interpreter):
@@ -89,7 +81,7 @@ def test_interpreter_runs_with_its_tag_and_suffix(host, built_image, interpreter
     libc = built_image.target.image.libc.name
     arch = built_image.target.arch
     if libc == "glibc":
-        expected = f".cpython-{abi}-{GNU_TRIPLETS[arch]}.so"
+        expected = f".cpython-{abi}-{ARCHES[arch].multiarch}.so"
     else:
         # musl: CPython names its modules *-linux-gnu before 3.11 and *-linux-musl from 3.11.
         expected = f".cpython-{abi}-{arch}-linux-{'musl' if (major, minor) >= (3, 11) else 'gnu'}.so"

@@ -67,7 +67,7 @@ def test_wrong_types(tmp_path):
         d["images"]["manylinux_2_36"]["libc"]["version"] = 2.36
         d["interpreters"]["cp313-cp313t"]["free_threaded"] = "yes"
 
-    problems = problems_of(tmp_path, breaks(d := copy.deepcopy(RAW)) or d)
+    problems = problems_of(tmp_path, mutated(breaks))
     assert any(p.startswith("images.yaml: images.manylinux_2_36.libc.version: Input should be a valid string") for p in problems)
     assert any(p.startswith("images.yaml: interpreters.cp313-cp313t.free_threaded: Input should be a valid boolean") for p in problems)
     assert len(problems) == 2
@@ -108,7 +108,7 @@ def test_bad_sha256_and_unpinned_base(tmp_path):
         d["cpython"]["3.11.2"]["sha256"] = "abc"
         d["bases"]["almalinux9"]["image"] = "almalinux:9"
 
-    problems = problems_of(tmp_path, breaks(d := copy.deepcopy(RAW)) or d)
+    problems = problems_of(tmp_path, mutated(breaks))
     assert any(p.startswith("images.yaml: cpython.3.11.2.sha256: 'abc' does not match the required form") for p in problems)
     assert any(p.startswith("images.yaml: bases.almalinux9.image: 'almalinux:9' does not match the required form") for p in problems)
 
@@ -119,7 +119,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
         d["images"]["musllinux_1_2"]["interpreters"].append("cp27-cp27mu")
         d["images"]["manylinux_2_28"]["libc"]["name"] = "musl"
 
-    problems = problems_of(tmp_path, breaks(d := copy.deepcopy(RAW)) or d)
+    problems = problems_of(tmp_path, mutated(breaks))
     assert len(problems) == 3
     assert any("images.manylinux_2_36.toolchain: unknown toolchain 'clang-99'" in p for p in problems)
     assert any("images.musllinux_1_2.interpreters[10]: unknown interpreter 'cp27-cp27mu'" in p for p in problems)
