@@ -6,15 +6,18 @@ problem and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from invoke import Exit, task
 
 from manyforge import pipeline
+from manyforge import policy as policy_module
 from manyforge.arches import ARCHES
 from manyforge.engine import EngineError
 from manyforge.policy import PolicyError
@@ -37,6 +40,10 @@ def _guard(fn):
             raise Exit("error: " + "\nerror: ".join(exc.problems), code=1) from None
         except (SourceError, EngineError) as exc:
             raise Exit(f"error: {exc}", code=1) from None
+        except BrokenPipeError:
+            # `invoke matrix | head`: the reader left; say nothing more, like any filter.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Exit(code=0) from None
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -44,12 +51,31 @@ def _guard(fn):
     return wrapper
 
 
+def _spec_path(spec_path: str | None) -> str | Path:
+    return spec_path or os.environ.get("MANYFORGE_SPEC") or DEFAULT_SPEC
+
+
 def _spec(spec_path: str | None):
-    return load_spec(spec_path or os.environ.get("MANYFORGE_SPEC", DEFAULT_SPEC))
+    """The validated matrix; every image's policy must exist in policies/ for all its arches."""
+    spec = load_spec(_spec_path(spec_path))
+    policy_module.load_all(spec=spec)
+    return spec
 
 
-def _list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+def _list(value: str | None, option: str) -> list[str] | None:
+    """A comma-separated option: None when not given; given but empty is an error."""
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise SpecError([f"--{option}: empty; give a comma-separated list"])
+    return items
+
+
+def _image(spec, image: str | None) -> str:
+    if image is not None and not image.strip():
+        raise SpecError(["--image: empty; choose one of: " + ", ".join(spec.images)])
+    return image or pipeline.default_image(spec)
 
 
 @task
@@ -58,15 +84,19 @@ def setup(c):
     c.run(f"{ROOT}/scripts/setup-host.sh", pty=False)
 
 
-@task(help={"spec": "matrix file (default: images.yaml)"})
+SPEC_HELP = "matrix file (default: $MANYFORGE_SPEC, else images.yaml)"
+
+
+@task(help={"spec": SPEC_HELP})
 @_guard
 def lock(c, spec=None):
-    """Resolve every tool wheel of every image×arch and write docker/wheels.lock.json."""
-    s = load_spec(spec or DEFAULT_SPEC, check_lock=False)
+    """Resolve every tool wheel of every image×arch, and every interpreter's frontend
+    (pip, build, ...), through pip's own index configuration; write docker/wheels.lock.json."""
+    s = load_spec(_spec_path(spec), check_lock=False)
     skipped = write_lock(s, DEFAULT_LOCK)
     for line in skipped:
         print(f"no wheel: {line}", file=sys.stderr)
-    load_spec(spec or DEFAULT_SPEC)  # the new lock must satisfy every required tool
+    load_spec(_spec_path(spec))  # the new lock must satisfy every required tool
 
 
 @task(
@@ -76,14 +106,12 @@ def lock(c, spec=None):
         "origin": "auto (python.org, then Debian's source archive), upstream or debian",
         "from_dir": "seed from this directory: any file whose sha256 is pinned is accepted",
         "mirror": "seed from this address: <mirror>/<file name>, accepted by sha256",
-        "spec": "matrix file (default: images.yaml)",
+        "spec": SPEC_HELP,
     }
 )
 @_guard
 def fetch(c, image=None, arch=None, origin="auto", from_dir=None, mirror=None, spec=None):
     """Fill the source cache with the pinned, verified inputs of the chosen images."""
-    if origin not in ("auto", "upstream", "debian"):
-        raise Exit(f"error: unknown --origin {origin!r}; choose one of: auto, upstream, debian", code=2)
     s = _spec(spec)
     targets = pipeline.targets_for(s, image, arch)
     pipeline.fetch(s, SourceCache(), targets, origin, Path(from_dir) if from_dir else None, mirror)
@@ -96,21 +124,33 @@ def fetch(c, image=None, arch=None, origin="auto", from_dir=None, mirror=None, s
         "base": "base variant (default: the image's base)",
         "toolchain": "toolchain variant (default: the image's toolchain)",
         "output": "write here instead of build/dockerfiles/<image>_<arch>/Dockerfile; '-' for stdout",
-        "spec": "matrix file (default: images.yaml)",
+        "spec": SPEC_HELP,
     }
 )
 @_guard
 def render(c, image=None, arch="x86_64", base=None, toolchain=None, output=None, spec=None):
     """Write the Dockerfile of one image×arch for inspection."""
     s = _spec(spec)
-    target = pipeline.targets_for(s, image or pipeline.default_image(s), arch, base=base, toolchain=toolchain)[0]
+    target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain)[0]
     text = render_dockerfile(target)
     if output == "-":
         sys.stdout.write(text)
         return
     path = Path(output) if output else pipeline.BUILD_DIR / "dockerfiles" / target.slug / "Dockerfile"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    if path.is_dir() or not path.name:
+        raise Exit(f"error: --output {path}: is a directory; give a file name", code=1)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        if path.exists() and not path.is_file():  # a device or pipe: write to it, never replace it
+            path.write_text(text)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(path)  # all or nothing: never a half-written Dockerfile
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise Exit(f"error: --output {path}: cannot write ({exc.strerror})", code=1) from None
     print(path)
 
 
@@ -122,15 +162,16 @@ def render(c, image=None, arch="x86_64", base=None, toolchain=None, output=None,
         "base": "base variant",
         "toolchain": "toolchain variant",
         "origin": "where missing inputs come from: auto, upstream or debian",
-        "spec": "matrix file (default: images.yaml)",
+        "spec": SPEC_HELP,
     }
 )
 @_guard
 def build(c, image=None, arch="x86_64", python=None, base=None, toolchain=None, origin="auto", spec=None):
-    """Build one image×arch (fetching its inputs first) and tag it <org>/<policy>_<arch>."""
+    """Build one image×arch (fetching its inputs first) and tag it <org>/<image>_<arch>:<YYYY.MM.DD>-<N>
+    and :latest, e.g. manyforge/manylinux_2_36_x86_64 (a subset of --python adds -partial)."""
     s = _spec(spec)
     target = pipeline.targets_for(
-        s, image or pipeline.default_image(s), arch, base=base, toolchain=toolchain, interpreters=_list(python)
+        s, _image(s, image), arch, base=base, toolchain=toolchain, interpreters=_list(python, "python")
     )[0]
     pipeline.build(s, SourceCache(), target, origin=origin)
 
@@ -145,7 +186,7 @@ def build(c, image=None, arch="x86_64", python=None, base=None, toolchain=None, 
         "output": "dump: where to write the JSON (default: tests/data/dumps/debian-<suite>-<arch>.json)",
         "dumps": "derive: comma-separated dump files or directories",
         "write": "derive: add the derived entries to policies/",
-        "spec": "matrix file (default: images.yaml)",
+        "spec": SPEC_HELP,
     },
 )
 @_guard
@@ -161,17 +202,17 @@ def policy(c, action, image=None, arch="x86_64", suite=None, output=None, dumps=
         print(f"{out}: {data['libc']['name']} {data['libc']['version']} {data['arch']}, {len(data['libraries'])} libraries")
     elif action == "derive":
         paths = []
-        for item in _list(dumps) or [str(ROOT / "tests" / "data" / "dumps")]:
+        for item in _list(dumps, "dumps") or [str(ROOT / "tests" / "data" / "dumps")]:
             p = Path(item)
             paths += sorted(p.glob("*.json")) if p.is_dir() else [p]
-        missing = [str(p) for p in paths if not p.is_file()]
+        missing = [str(p) for p in paths if not p.exists()]
         if missing or not paths:
             raise Exit(f"error: no such dump file(s): {', '.join(missing) or 'none given'}", code=2)
         for line in pipeline.policy_derive(paths, write):
             print(line)
     elif action == "check":
         s = _spec(spec)
-        target = pipeline.targets_for(s, image or pipeline.default_image(s), arch)[0]
+        target = pipeline.targets_for(s, _image(s, image), arch)[0]
         report, problems = pipeline.policy_check(s, target)
         print("\n".join(report))
         if problems:
@@ -181,7 +222,7 @@ def policy(c, action, image=None, arch="x86_64", suite=None, output=None, dumps=
         raise Exit(f"error: unknown action {action!r}; choose one of: dump, derive, check", code=2)
 
 
-@task(help={"spec": "matrix file (default: images.yaml)"})
+@task(help={"spec": SPEC_HELP})
 @_guard
 def matrix(c, spec=None):
     """Print the image×arch build matrix as JSON (the GitHub workflow's matrix)."""
@@ -193,16 +234,38 @@ def matrix(c, spec=None):
         "image": "image of images.yaml (default: the one this machine builds)",
         "arch": "architecture (default: x86_64)",
         "python": "comma-separated interpreter tags (default: all of the image)",
+        "spec": SPEC_HELP,
     }
 )
 @_guard
-def benchmark(c, image=None, arch="x86_64", python=None):
+def benchmark(c, image=None, arch="x86_64", python=None, spec=None):
     """Print cold build time, unchanged-rebuild time and image size of one image×arch."""
-    s = _spec(None)
-    target = pipeline.targets_for(s, image or pipeline.default_image(s), arch, interpreters=_list(python))[0]
+    s = _spec(spec)
+    target = pipeline.targets_for(s, _image(s, image), arch, interpreters=_list(python, "python"))[0]
     figures = pipeline.benchmark(s, SourceCache(), target)
     for key, value in figures.items():
         print(f"{target.slug} {key}: {value}")
+
+
+@task
+def constraints(c):
+    """Re-resolve the project's and its tests' Python dependencies (pip's own index
+    configuration) and pin them in constraints.txt, which scripts/run.sh installs with."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+               "--report", str(report), f"{ROOT}[test]"]  # fmt: skip
+        if subprocess.run(cmd, check=False).returncode != 0:
+            raise Exit("error: pip could not resolve the project's dependencies", code=1)
+        pins = sorted(
+            f"{item['metadata']['name']}=={item['metadata']['version']}"
+            for item in json.loads(report.read_text())["install"]
+            if item["metadata"]["name"] != "manyforge"
+        )
+    (ROOT / "constraints.txt").write_text(
+        "# Generated by `invoke constraints`: the project's and its tests' dependencies, pinned.\n" + "\n".join(pins) + "\n"
+    )
+    print(f"constraints.txt: {len(pins)} pins")
 
 
 @task(help={"pytest_args": "extra arguments for pytest, e.g. '-k unit'"})

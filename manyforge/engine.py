@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker
 import docker.errors
 
+import docker
 from manyforge.arches import ARCHES
 from manyforge.render import Target, bootstrap_base_ref
 from manyforge.sources import debootstrap_root
@@ -56,7 +56,8 @@ def check_prerequisites(arch: str, needs_debootstrap: bool) -> None:
         handler = BINFMT_DIR / qemu
         if not handler.exists():
             raise EngineError(f"no binfmt handler for {arch} ({handler} is missing): QEMU emulation is not set up; {SETUP_HINT}")
-        if "F" not in re.search(r"flags: *(\S*)", handler.read_text()).group(1):
+        flags = re.search(r"flags: *(\S*)", handler.read_text())
+        if flags is None or "F" not in flags.group(1):
             raise EngineError(f"binfmt handler {handler} lacks the fix-binary (F) flag that containers need; {SETUP_HINT}")
     if needs_debootstrap and shutil.which("debootstrap") is None:
         raise EngineError(f"debootstrap is not installed; {SETUP_HINT}")
@@ -78,6 +79,7 @@ def ensure_bootstrap_base(spec: Spec, base_name: str, arch: str) -> str:
     if image_platform(ref) == platform:
         return ref
     suite = spec.data.bases[base_name].debootstrap
+    assert suite is not None, f"{base_name} is not a debootstrap base"
     print(f"==> bootstrapping {suite} for {arch} from Debian's signed archive", file=sys.stderr)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="manyforge-base-") as tmp:
@@ -236,20 +238,53 @@ def local_image_exists(ref: str) -> bool:
         return False
 
 
-def run_in_image(ref: str, arch: str, command: list[str], mounts: dict[str, str] | None = None) -> str:
-    """Run a command in a throw-away container of an image and return its standard output."""
+@dataclass(frozen=True)
+class ContainerRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_container(
+    ref: str,
+    arch: str,
+    command: list[str],
+    mounts: dict[str, str] | None = None,
+    writable: tuple[str, ...] = (),
+    network: str = "none",
+    environment: dict[str, str] | None = None,
+) -> ContainerRun:
+    """`docker run` a command (through the image's entrypoint) in a throw-away container.
+
+    `mounts` maps host paths to container paths, read-only unless listed in `writable`;
+    `network` is "none" (default) or "host" (to reach servers on the host's 127.0.0.1).
+    """
     require_image(ref)
-    volumes = {host: {"bind": inside, "mode": "ro"} for host, inside in (mounts or {}).items()}
+    volumes = {h: {"bind": inside, "mode": "rw" if h in writable else "ro"} for h, inside in (mounts or {}).items()}
     try:
-        out = client().containers.run(
-            ref, command, remove=True, platform=ARCHES[arch].platform, volumes=volumes, network_mode="none",
-            stdout=True, stderr=False,
+        container = client().containers.run(
+            ref, command, detach=True, platform=ARCHES[arch].platform, volumes=volumes, network_mode=network,
+            environment=environment or {},
         )  # fmt: skip
-    except docker.errors.ContainerError as exc:
-        raise EngineError(f"{' '.join(command)} failed in {ref} (exit {exc.exit_status}): {exc.stderr!r}") from None
     except docker.errors.APIError as exc:
         raise EngineError(f"cannot run {ref}: {exc.explanation or exc}") from None
-    return out.decode()
+    try:
+        status = container.wait(timeout=3600)
+        return ContainerRun(
+            int(status["StatusCode"]),
+            container.logs(stdout=True, stderr=False).decode(errors="replace"),
+            container.logs(stdout=False, stderr=True).decode(errors="replace"),
+        )
+    finally:
+        container.remove(force=True)
+
+
+def run_in_image(ref: str, arch: str, command: list[str], mounts: dict[str, str] | None = None) -> str:
+    """Run a command in a throw-away container of an image and return its standard output."""
+    result = run_container(ref, arch, command, mounts)
+    if result.returncode != 0:
+        raise EngineError(f"{' '.join(command)} failed in {ref} (exit {result.returncode}): {result.stderr[-2000:]}")
+    return result.stdout
 
 
 def require_image(ref: str) -> None:

@@ -21,12 +21,14 @@ from manyforge.sources import (
     all_pins,
     cpython_pins,
     debootstrap_root,
+    fetch_frontend,
     fetch_wheels,
     seed_cpython_from_debian,
 )
 from manyforge.spec import REPO_ROOT, Spec
 
 BUILD_DIR = REPO_ROOT / "build"
+ORIGINS = ("auto", "upstream", "debian")
 
 
 def default_image(spec: Spec) -> str:
@@ -52,18 +54,29 @@ def fetch(
     """Fill the cache with every input the targets need.
 
     origin: "upstream" (python.org and pip's index), "debian" (CPython from Debian's source
-    archive, byte-identical to python.org), or "auto" (upstream, then Debian).
+    archive, byte-identical to python.org), or "auto" (upstream, then Debian). Every file already
+    in the cache is re-hashed: a bad one is removed and fetched again from whatever origin is
+    offered; what a killed download left behind is removed first.
     """
+    if origin not in ORIGINS:
+        raise SourceError(f"--origin {origin[:100]!r}: unknown; choose one of: {', '.join(ORIGINS)}")
+    if seed_dir is not None and not seed_dir.is_dir():
+        raise SourceError(f"--from-dir {seed_dir}: not a directory")
+    with cache.filling():
+        _fetch(spec, cache, targets, origin, seed_dir, mirror)
+
+
+def _fetch(
+    spec: Spec, cache: SourceCache, targets: list[Target], origin: str, seed_dir: Path | None, mirror: str | None
+) -> None:
     if seed_dir is not None:
-        if not seed_dir.is_dir():
-            raise SourceError(f"--from-dir {seed_dir}: not a directory")
         accepted = cache.seed_dir(seed_dir, all_pins(spec))
         log(f"accepted {len(accepted)} file(s) from {seed_dir} by hash")
     if mirror is not None:
         accepted = cache.seed_mirror(mirror, all_pins(spec))
         log(f"accepted {len(accepted)} file(s) from {mirror} by hash")
     tags = sorted({t for target in targets for t in target.interpreters})
-    missing = [p for p in cpython_pins(spec, tags) if not cache.has(p)]
+    missing = [p for p in cpython_pins(spec, tags) if not cache.valid(p)]
     for pin in missing:
         errors = []
         for kind in ("upstream", "debian") if origin == "auto" else (origin,):
@@ -83,6 +96,10 @@ def fetch(
         got = fetch_wheels(spec, cache, target.image, target.arch)
         if got:
             log(f"fetched {len(got)} wheel(s) for {target.slug}")
+    frontend_tags = sorted({t for target in targets for t in (*target.interpreters, *target.downloadable)})
+    got = fetch_frontend(spec, cache, frontend_tags)
+    if got:
+        log(f"fetched {len(got)} frontend wheel(s) for {', '.join(frontend_tags)}")
     log(f"source cache {cache.root} has every input of {', '.join(t.slug for t in targets)}")
 
 
@@ -113,9 +130,11 @@ def benchmark(spec: Spec, cache: SourceCache, target: Target) -> dict[str, float
 
 def targets_for(spec: Spec, image: str | None, arch: str | None, **choices) -> list[Target]:
     """All image×arch pairs that match; `None` means every one (validated against the spec)."""
-    names = [image] if image else list(spec.images)
+    names = [image] if image is not None else list(spec.images)
     return [
-        resolve_target(spec, name, a, **choices) for name in names for a in ([arch] if arch else spec.image(name).archs)
+        resolve_target(spec, name, a, **choices)
+        for name in names
+        for a in ([arch] if arch is not None else spec.image(name).archs)
     ]
 
 
@@ -159,7 +178,7 @@ def policy_dump_debian(suite: str, arch: str, output: Path) -> dict:
 
 def policy_derive(dump_paths: list[Path], write: bool) -> list[str]:
     """Derive policies from dumps; with `write`, add the new entries to policies/."""
-    dumps = [policy.Dump.read(p) for p in dump_paths]
+    dumps = policy.read_dumps(dump_paths)  # every broken file reported at once
     lines = []
     for family, filename in policy.FAMILY_FILES.items():
         mine = [d for d in dumps if (d.libc == "glibc") == (family == "manylinux")]
@@ -191,6 +210,7 @@ def policy_check(spec: Spec, target: Target, ref: str | None = None) -> tuple[li
     python = f"/opt/python/{target.image.tools_interpreter}/bin/python"
     mounts = {str(SCRIPTS): "/manyforge-scripts"}
     dump = json.loads(engine.run_in_image(ref, target.arch, [python, "/manyforge-scripts/calculate_symbol_versions.py"], mounts))
+    policy.Dump.from_data(dump, f"symbol dump of {ref}")  # its shape is checked like any dump's
     probes = json.loads(engine.run_in_image(ref, target.arch, [python, "/manyforge-scripts/policy_probes.py"], mounts))
     report = [f"{ref}: {dump['libc']['name']} {dump['libc']['version']}, policy {target.image.policy}"]
     more, problems = policy.check_image(target.image.policy, target.arch, dump, probes["probes"], policies)

@@ -6,6 +6,7 @@ and wheel files that this image×arch needs, taken from the source cache.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import jinja2
 
 from manyforge.arches import ARCHES, NATIVE_ARCH, RUNS_NATIVELY
 from manyforge.sources import Pin, SourceCache, cpython_pins, stage_files, wheel_pins
-from manyforge.spec import REPO_ROOT, Base, Image, Spec, SpecError, Toolchain
+from manyforge.spec import REPO_ROOT, Base, DownloadFile, Image, LockedFile, Spec, SpecError, Toolchain
 
 DOCKER_DIR = REPO_ROOT / "docker"
 
@@ -33,6 +34,10 @@ class InterpreterBuild:
     @property
     def prefix(self) -> str:
         return f"/opt/_internal/cpython-{self.version}{'t' if self.free_threaded else ''}"
+
+    @property
+    def link(self) -> str:
+        return f"/opt/python/{self.tag}"
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,29 @@ class Target:
     def source_pins(self) -> list[Pin]:
         return cpython_pins(self.spec, self.interpreters)
 
+    @property
+    def downloadable(self) -> dict[str, DownloadFile]:
+        """Interpreters `manylinux-interpreters ensure` may install on this arch: tag -> file."""
+        entries = self.spec.data.downloadable
+        return {t: entries[t].files[self.arch] for t in self.image.downloadable if self.arch in entries[t].files}
+
+    def catalog(self) -> dict:
+        """What the image's manylinux-interpreters knows beyond /opt/python."""
+        entries = self.spec.data.downloadable
+        return {
+            "downloadable": {
+                tag: {
+                    "implementation": entries[tag].implementation,
+                    "version": entries[tag].version,
+                    "python": entries[tag].python,
+                    "url": f.url,
+                    "sha256": f.sha256,
+                }
+                for tag, f in self.downloadable.items()
+            },
+            "frontend_python": f"/opt/python/{self.image.tools_interpreter}/bin/python",
+        }
+
 
 def bootstrap_base_ref(spec: Spec, base_name: str, arch: str) -> str:
     """Local name of a base bootstrapped on this machine (one repository per arch, so that
@@ -176,9 +204,7 @@ def _environment() -> jinja2.Environment:
 
 def render_dockerfile(target: Target) -> str:
     builds = target.interpreter_builds()
-    pip = next((w for w in wheel_pins(target.spec, target.image, target.arch) if w.name == "pip"), None)
-    if pip is None:
-        raise SpecError([f"{target.image_name}: the tool 'pip' must be pinned for {target.slug}"])
+    bits = ARCHES[target.arch].bits
     return (
         _environment()
         .get_template("Dockerfile.j2")
@@ -188,11 +214,15 @@ def render_dockerfile(target: Target) -> str:
             family=target.base.family,
             base_name=target.base_name,
             base_ref=target.base_ref(),
+            base_packages=list(target.base.packages),
+            downloadable=list(target.downloadable),
+            # 32-bit images on a 64-bit host: whatever way a user enters (docker exec skips the
+            # entrypoint's linux32), Python names the image's own platform in wheel tags.
+            host_platform=f"linux-{target.arch}" if bits == 32 else None,
             toolchain_name=target.toolchain_name,
             toolchain=target.toolchain,
             interpreters=builds,
             tools_interpreter=next(b for b in builds if b.tag == target.image.tools_interpreter),
-            pip_wheel=pip.filename,
             cross=(
                 {
                     "base_ref": target.base_ref(NATIVE_ARCH),
@@ -200,13 +230,27 @@ def render_dockerfile(target: Target) -> str:
                     "package": f"{target.toolchain.cross}-{ARCHES[target.arch].gnu_triplet}",
                     "triplet": ARCHES[target.arch].gnu_triplet,
                     "host_triplet": ARCHES[NATIVE_ARCH].gnu_triplet,
-                    "version": target.toolchain.cross.rsplit("-", 1)[-1],
+                    "version": (target.toolchain.cross or "").rsplit("-", 1)[-1],
                 }
                 if target.cross_compiles
                 else None
             ),
         )
     )
+
+
+def hashed_requirements(files: list[LockedFile] | tuple[LockedFile, ...], comment: str) -> str:
+    """A requirements file pinning every version by the sha256 of each of its files."""
+    by_name: dict[str, list[str]] = {}
+    versions = {}
+    for w in files:
+        by_name.setdefault(w.name, []).append(w.sha256)
+        versions[w.name] = w.version
+    lines = [f"# {comment}"]
+    for name in sorted(by_name):
+        hashes = " ".join(f"--hash=sha256:{h}" for h in by_name[name])
+        lines.append(f"{name}=={versions[name]} {hashes}")
+    return "\n".join(lines) + "\n"
 
 
 def tools_requirements(target: Target) -> str:
@@ -217,16 +261,8 @@ def tools_requirements(target: Target) -> str:
     for name, _version, optional in target.spec.tool_requirements(target.image):
         if optional and name not in names:
             optional_missing.add(name)
-    lines = [f"# tools for {target.slug}; not published for this platform: {', '.join(sorted(optional_missing)) or 'none'}"]
-    by_name: dict[str, list[str]] = {}
-    versions = {}
-    for w in locked:
-        by_name.setdefault(w.name, []).append(w.sha256)
-        versions[w.name] = w.version
-    for name in sorted(by_name):
-        hashes = " ".join(f"--hash=sha256:{h}" for h in by_name[name])
-        lines.append(f"{name}=={versions[name]} {hashes}")
-    return "\n".join(lines) + "\n"
+    missing = ", ".join(sorted(optional_missing)) or "none"
+    return hashed_requirements(locked, f"tools for {target.slug}; not published for this platform: {missing}")
 
 
 def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
@@ -239,4 +275,9 @@ def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
     stage_files(cache, target.source_pins(), dest / "sources")
     stage_files(cache, wheel_pins(target.spec, target.image, target.arch), dest / "wheels")
     (dest / "wheels" / "tools.txt").write_text(tools_requirements(target))
+    for tag in (*target.interpreters, *target.downloadable):
+        pins = target.spec.frontend_pins(tag)
+        stage_files(cache, pins, dest / "frontend" / tag)
+        (dest / "frontend" / tag / "requirements.txt").write_text(hashed_requirements(pins, f"frontend of {tag}"))
+    (dest / "manylinux-interpreters.json").write_text(json.dumps(target.catalog(), indent=1) + "\n")
     return dest

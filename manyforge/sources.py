@@ -7,6 +7,9 @@ appears under its final name. Builds read sources only from this cache.
 
 from __future__ import annotations
 
+import contextlib
+import email.parser
+import fcntl
 import hashlib
 import json
 import os
@@ -15,12 +18,18 @@ import subprocess
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from manyforge.arches import ARCHES
 from manyforge.spec import REPO_ROOT, Image, LockedFile, Spec
@@ -67,9 +76,14 @@ def wheel_pins(spec: Spec, image: Image, arch: str) -> list[LockedFile]:
     return list(spec.wheels.get(spec.wheel_platform(image, arch), ()))
 
 
+def frontend_pins(spec: Spec, tags: Iterable[str]) -> list[LockedFile]:
+    """The frontend wheels of some interpreters, each file once."""
+    return list({w.filename: w for tag in tags for w in spec.frontend_pins(tag)}.values())
+
+
 def all_pins(spec: Spec) -> list[Pin]:
     pins = {p.filename: p for p in cpython_pins(spec)}
-    for files in spec.wheels.values():
+    for files in [*spec.wheels.values(), *spec.frontend.values()]:
         for w in files:
             pins[w.filename] = Pin(w.filename, w.sha256)
     return list(pins.values())
@@ -85,14 +99,50 @@ class SourceCache:
         return self.root / pin.filename
 
     def has(self, pin: Pin | LockedFile) -> bool:
+        """True if the file is there under its pin's name (not re-hashed: see `valid`)."""
         return self.path(pin).is_file()
+
+    def valid(self, pin: Pin | LockedFile) -> bool:
+        """True if the file is there and its content matches the pin; a file that does not
+        (truncated, tampered) is removed, so that any origin can replace it."""
+        if not self.has(pin):
+            return False
+        try:
+            self.verify(pin)
+        except SourceError as exc:
+            print(f"  {exc}", file=sys.stderr)
+            return False
+        return True
+
+    def prepare(self) -> None:
+        """Make sure the cache is a writable directory."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SourceError(f"source cache {self.root}: cannot create it ({exc.strerror}); set MANYFORGE_CACHE") from None
+        if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
+            raise SourceError(f"source cache {self.root}: not a writable directory; set MANYFORGE_CACHE")
+
+    @contextlib.contextmanager
+    def filling(self) -> Iterator[SourceCache]:
+        """Exclusive use of the cache while filling it: what a killed download left behind is
+        removed first, and two fetches never race on one file."""
+        self.prepare()
+        with open(self.root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for partial in self.root.glob(".*.partial"):
+                partial.unlink(missing_ok=True)
+            yield self
 
     def verify(self, pin: Pin | LockedFile) -> Path:
         """Path of a cached file after re-checking its hash; a mismatching file is removed."""
         path = self.path(pin)
         if not path.is_file():
             raise SourceError(f"{pin.filename} is not in the source cache {self.root}; run `invoke fetch`")
-        actual = sha256_of(path)
+        try:
+            actual = sha256_of(path)
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot read ({exc.strerror})") from None
         if actual != pin.sha256:
             path.unlink()
             raise SourceError(
@@ -102,9 +152,12 @@ class SourceCache:
 
     def add(self, pin: Pin | LockedFile, stream: BinaryIO, progress: str | None = None) -> Path:
         """Copy a stream into the cache under the pin's name if, and only if, its hash matches."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.prepare()
         digest = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{pin.filename}.", suffix=".partial", dir=self.root)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{pin.filename}.", suffix=".partial", dir=self.root)
+        except OSError as exc:
+            raise SourceError(f"source cache {self.root}: cannot write ({exc.strerror}); set MANYFORGE_CACHE") from None
         tmp = Path(tmp_name)
         try:
             done = 0
@@ -128,7 +181,11 @@ class SourceCache:
         return self.path(pin)
 
     def add_file(self, pin: Pin | LockedFile, source: Path) -> Path:
-        with source.open("rb") as fh:
+        try:
+            fh = source.open("rb")
+        except OSError as exc:
+            raise SourceError(f"{source}: cannot read ({exc.strerror})") from None
+        with fh:
             return self.add(pin, fh)
 
     def fetch_url(self, pin: Pin | LockedFile, url: str) -> Path:
@@ -140,12 +197,17 @@ class SourceCache:
 
     def seed_dir(self, directory: Path, pins: Iterable[Pin | LockedFile]) -> list[str]:
         """Accept any file under `directory` whose hash equals a pin, whatever its name."""
-        by_hash = {p.sha256: p for p in pins if not self.has(p)}
+        by_hash = {p.sha256: p for p in pins if not self.valid(p)}
         accepted = []
         for candidate in sorted(directory.rglob("*")):
             if not by_hash or not candidate.is_file():
                 continue
-            pin = by_hash.get(sha256_of(candidate))
+            try:
+                digest = sha256_of(candidate)
+            except OSError as exc:
+                print(f"  skipped {candidate}: cannot read ({exc.strerror})", file=sys.stderr)
+                continue
+            pin = by_hash.get(digest)
             if pin is not None:
                 self.add_file(pin, candidate)
                 accepted.append(pin.filename)
@@ -154,9 +216,12 @@ class SourceCache:
 
     def seed_mirror(self, base_url: str, pins: Iterable[Pin | LockedFile]) -> list[str]:
         """Fetch each missing pin from `<base_url>/<filename>`; accepted by hash alone."""
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https", "file") or (parsed.scheme != "file" and not parsed.netloc):
+            raise SourceError(f"--mirror {base_url[:100]!r}: not an http(s):// or file:// address")
         accepted = []
         for pin in pins:
-            if self.has(pin):
+            if self.valid(pin):
                 continue
             try:
                 self.fetch_url(pin, f"{base_url.rstrip('/')}/{pin.filename}")
@@ -190,7 +255,7 @@ def seed_cpython_from_debian(cache: SourceCache, pins: Iterable[Pin]) -> list[st
     mirror = debian_mirror()
     accepted = []
     for pin in pins:
-        if cache.has(pin):
+        if cache.valid(pin):
             continue
         cache.fetch_url(pin, debian_orig_url(mirror, pin))
         accepted.append(pin.filename)
@@ -253,6 +318,70 @@ def resolve_wheels(spec: Spec, image: Image, arch: str, requirement: str) -> lis
     return files
 
 
+def _target_python(spec: Spec, tag: str) -> tuple[str, dict[str, str]]:
+    """(Python version, marker environment) of an interpreter the frontend is locked for."""
+    if tag in spec.data.interpreters:
+        version, impl = spec.data.interpreters[tag].cpython, "cpython"
+    else:
+        version, impl = spec.data.downloadable[tag].python, spec.data.downloadable[tag].implementation
+    env = {
+        "python_version": ".".join(version.split(".")[:2]),
+        "python_full_version": version,
+        "implementation_name": impl,
+        "platform_python_implementation": {"cpython": "CPython", "pypy": "PyPy", "graalpy": "GraalVM"}[impl],
+        "sys_platform": "linux",
+        "os_name": "posix",
+        "platform_system": "Linux",
+    }
+    return version, env
+
+
+def _wheel_requirements(wheel: Path) -> list[Requirement]:
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1)
+        message = email.parser.BytesParser().parsebytes(zf.read(meta))
+    return [Requirement(r) for r in message.get_all("Requires-Dist") or []]
+
+
+def resolve_frontend(spec: Spec, tag: str, cache: SourceCache | None = None) -> list[LockedFile]:
+    """Lock the frontend (images.yaml `frontend`) for one interpreter.
+
+    pip evaluates environment markers with the interpreter it runs on, not the target's, so
+    dependencies are followed here with the target's marker environment: download the chosen
+    wheels (small, pure Python), read their Requires-Dist, add what the target needs, repeat
+    until nothing changes. The files land in the cache as well, verified by their new pins.
+    """
+    version, env = _target_python(spec, tag)
+    wanted: dict[str, SpecifierSet] = {canonicalize_name(n): SpecifierSet(v) for n, v in spec.data.frontend.items()}
+    for _ in range(20):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [
+                sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                "--python-version", ".".join(version.split(".")[:2]), "--implementation",
+                "pp" if env["implementation_name"] == "pypy" else "cp", "-d", tmp,
+                *(f"{name}{spec_set}" for name, spec_set in sorted(wanted.items())),
+            ]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise SourceError(f"pip cannot resolve the frontend for {tag}: {out.stderr.strip()[-500:]}")
+            before = dict(wanted)
+            files = []
+            for wheel in sorted(Path(tmp).glob("*.whl")):
+                name, wheel_version, _, _ = parse_wheel_filename(wheel.name)
+                files.append(LockedFile(name=name, version=str(wheel_version), filename=wheel.name, sha256=sha256_of(wheel)))
+                for req in _wheel_requirements(wheel):
+                    if req.marker is not None and not req.marker.evaluate({**env, "extra": ""}):
+                        continue
+                    key = canonicalize_name(req.name)
+                    wanted[key] = wanted.get(key, SpecifierSet()) & req.specifier
+            if wanted == before:
+                if cache is not None:
+                    for f in files:
+                        cache.add_file(f, Path(tmp) / f.filename)
+                return sorted(files, key=lambda f: f.name)
+    raise SourceError(f"the frontend for {tag} does not settle: {', '.join(wanted)}")
+
+
 def write_lock(spec: Spec, path: Path, jobs: int = 8) -> list[str]:
     """Resolve every tool of every image×arch and write the lock; returns what has no wheel."""
     work = [
@@ -281,25 +410,43 @@ def write_lock(spec: Spec, path: Path, jobs: int = 8) -> list[str]:
             for f in files:
                 slot[f.filename] = f
     print(file=sys.stderr)
-    path.write_text(
-        json.dumps(
-            {
-                "comment": "Generated by `invoke lock` from the tools in images.yaml; do not edit.",
-                "platforms": {
-                    k: [f.__dict__ for f in sorted(v.values(), key=lambda f: f.name)]
-                    for k, v in sorted(platforms.items())
-                },
+    tags = sorted({t for image in spec.images.values() for t in (*image.interpreters, *image.downloadable)})
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        frontend = dict(zip(tags, pool.map(lambda t: resolve_frontend(spec, t), tags), strict=True))
+    text = json.dumps(
+        {
+            "comment": "Generated by `invoke lock` from the tools and frontend in images.yaml; do not edit.",
+            "platforms": {
+                k: [f.model_dump() for f in sorted(v.values(), key=lambda f: f.name)] for k, v in sorted(platforms.items())
             },
-            indent=1,
-        )
-        + "\n"
+            "interpreters": {tag: [f.model_dump() for f in files] for tag, files in frontend.items()},
+        },
+        indent=1,
     )
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
     return unavailable
 
 
 def fetch_wheels(spec: Spec, cache: SourceCache, image: Image, arch: str) -> list[str]:
     """Download the locked wheels of an image×arch through pip (hash-checked), into the cache."""
-    missing = [w for w in wheel_pins(spec, image, arch) if not cache.has(w)]
+    return _pip_download(cache, wheel_pins(spec, image, arch), _pip_platform_args(spec, image, arch), f"{image.policy}_{arch}")
+
+
+def fetch_frontend(spec: Spec, cache: SourceCache, tags: Iterable[str]) -> list[str]:
+    """Download the locked frontend wheels of interpreters (pure Python) into the cache."""
+    got = []
+    for tag in tags:
+        version, env = _target_python(spec, tag)
+        args = ["--only-binary=:all:", "--python-version", ".".join(version.split(".")[:2]),
+                "--implementation", "pp" if env["implementation_name"] == "pypy" else "cp"]  # fmt: skip
+        got += _pip_download(cache, spec.frontend_pins(tag), args, tag)
+    return got
+
+
+def _pip_download(cache: SourceCache, pins: Sequence[LockedFile], platform_args: list[str], what: str) -> list[str]:
+    missing = [w for w in pins if not cache.valid(w)]
     if not missing:
         return []
     with tempfile.TemporaryDirectory() as tmp:
@@ -307,11 +454,11 @@ def fetch_wheels(spec: Spec, cache: SourceCache, image: Image, arch: str) -> lis
         reqs.write_text("".join(f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in missing))
         cmd = [
             sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
-            "-d", str(Path(tmp) / "out"), "-r", str(reqs), *_pip_platform_args(spec, image, arch),
+            "-d", str(Path(tmp) / "out"), "-r", str(reqs), *platform_args,
         ]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode != 0:
-            raise SourceError(f"pip download failed for {image.policy}_{arch}:\n{out.stderr}")
+            raise SourceError(f"pip download failed for {what}:\n{out.stderr[-2000:]}")
         for w in missing:
             cache.add_file(w, Path(tmp) / "out" / w.filename)
     return [w.filename for w in missing]

@@ -8,13 +8,25 @@ and what is allowed.
 from __future__ import annotations
 
 import json
-import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError, model_validator
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import Version as Version_
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from manyforge.arches import Arch
 
@@ -23,9 +35,15 @@ DEFAULT_SPEC = REPO_ROOT / "images.yaml"
 DEFAULT_LOCK = REPO_ROOT / "docker" / "wheels.lock.json"
 
 Sha256 = Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{64}$")]
-Name = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
-Version = Annotated[str, StringConstraints(strict=True, pattern=r"^\d+(\.\d+)*$")]
+Name = Annotated[str, StringConstraints(strict=True, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
+# A path component of an image reference: <org>/<image>_<arch> must be a valid Docker name.
+RefName = Annotated[str, StringConstraints(strict=True, max_length=60, pattern=r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")]
+Version = Annotated[str, StringConstraints(strict=True, max_length=40, pattern=r"^\d+(\.\d+)*$")]
 Str = Annotated[str, StringConstraints(strict=True, min_length=1)]
+# Anything that reaches a Dockerfile, a shell or a path: no whitespace, no quotes, no `..`.
+AbsPath = Annotated[str, StringConstraints(strict=True, pattern=r"^(/[A-Za-z0-9._+-]+)+$")]
+# An interpreter directory under /opt/python: <python tag>-<abi tag> as packaging names them.
+InterpreterTag = Annotated[str, StringConstraints(strict=True, pattern=r"^(cp3\d+-cp3\d+t?|pp3\d+-pypy3\d+_pp\d+|graalpy3\d+-graalpy\d+_3\d+_native)$")]
 
 
 class SpecError(Exception):
@@ -54,11 +72,38 @@ class Interpreter(_Model):
     free_threaded: StrictBool = False
 
 
+class DownloadFile(_Model):
+    url: Annotated[str, StringConstraints(strict=True, pattern=r"^https://[^\s'\"\\]+/[A-Za-z0-9._+-]+\.tar\.(bz2|gz|xz)$")]
+    sha256: Sha256
+
+
+class Downloadable(_Model):
+    """An interpreter `manylinux-interpreters ensure` installs on demand, per arch."""
+
+    implementation: Literal["pypy", "graalpy"]
+    version: Version  # of the implementation
+    python: Version  # the language version it implements
+    files: dict[Arch, DownloadFile] = Field(min_length=1)
+
+
+def _specifier(value: str) -> str:
+    try:
+        SpecifierSet(value)
+    except InvalidSpecifier:
+        raise ValueError(f"not a version specifier such as '==1.2' or '>=1.2' (got {value[:100]!r})") from None
+    return value
+
+
+Specifier = Annotated[str, StringConstraints(strict=True, pattern=r"^[^\s]*$"), AfterValidator(_specifier)]
+
+
 class Base(_Model):
     family: Literal["yum", "dnf", "apk", "apt"]
     image: Annotated[str, StringConstraints(strict=True, pattern=r"^[^@\s]+@sha256:[0-9a-f]{64}$")] | None = None
     debootstrap: Name | None = None
     archs: tuple[Arch, ...] = Field(min_length=1)
+    # Runtime packages whose names differ between releases of the family (libffi8 or libffi7).
+    packages: tuple[Name, ...] = ()
 
     @model_validator(mode="after")
     def _one_source(self) -> Base:
@@ -69,7 +114,7 @@ class Base(_Model):
 
 class Toolchain(_Model):
     gcc: Version
-    prefix: Str | None = None
+    prefix: AbsPath | None = None
     packages: tuple[Name, ...] = Field(min_length=1)
     # apt family: Debian's cross compiler of the same GCC (package `<cross>-<gnu triplet>`). It
     # runs on the build host's CPU inside emulated builds, where QEMU would run the compiler.
@@ -94,24 +139,63 @@ class Image(_Model):
     tools: tuple[Name, ...] = ()  # must have a wheel on every arch of the image
     optional_tools: tuple[Name, ...] = ()  # installed on the arches their project publishes wheels for
     tool_versions: dict[Name, Version] = {}  # overrides of the top-level tool versions
+    downloadable: tuple[InterpreterTag, ...] = ()  # offered by `manylinux-interpreters ensure`
 
 
 class SpecFile(_Model):
-    org: Name
+    org: RefName
     cpython: dict[Version, CPythonSource]
     interpreters: dict[Annotated[str, StringConstraints(pattern=r"^cp3\d+-cp3\d+t?$")], Interpreter]
+    frontend: dict[Name, Specifier] = Field(min_length=1)
+    downloadable: dict[InterpreterTag, Downloadable] = {}
     tools: dict[Name, Version]
     bases: dict[Name, Base]
     toolchains: dict[Name, Toolchain]
-    images: dict[Name, Image] = Field(min_length=1)
+    images: dict[RefName, Image] = Field(min_length=1)
 
 
-@dataclass(frozen=True)
-class LockedFile:
-    name: str  # distribution name
-    version: str
-    filename: str
-    sha256: str
+class LockedFile(_Model):
+    """One wheel of the lock: a plain file name whose name and version are the entry's."""
+
+    name: Name
+    version: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9][0-9A-Za-z.+!-]*$")]
+    filename: Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.whl$")]
+    sha256: Sha256
+
+    @model_validator(mode="after")
+    def _filename_matches(self) -> LockedFile:
+        try:
+            name, version, _, _ = parse_wheel_filename(self.filename)
+        except InvalidWheelFilename as exc:
+            raise ValueError(f"not a wheel file name: {exc}") from None
+        if name != canonicalize_name(self.name) or str(version) != str(Version_(self.version)):
+            raise ValueError(f"file {self.filename!r} is not {self.name} {self.version}")
+        return self
+
+
+class LockFile(_Model):
+    comment: str = ""
+    platforms: dict[Annotated[str, StringConstraints(pattern=r"^(manylinux|musllinux)_\d+_\d+_[a-z0-9_]+$")], tuple[LockedFile, ...]]
+    interpreters: dict[InterpreterTag, tuple[LockedFile, ...]] = {}
+
+    @model_validator(mode="after")
+    def _no_duplicates(self) -> LockFile:
+        problems = []
+        for section, groups in (("platforms", self.platforms), ("interpreters", self.interpreters)):
+            for key, files in groups.items():
+                versions: dict[str, set[str]] = {}
+                names = [f.filename for f in files]
+                for f in files:
+                    versions.setdefault(canonicalize_name(f.name), set()).add(f.version)
+                twice = sorted({n for n in names if names.count(n) > 1})
+                several = sorted(n for n, v in versions.items() if len(v) > 1)
+                if twice:
+                    problems.append(f"{section}.{key}: listed twice: {', '.join(twice)}")
+                if several:
+                    problems.append(f"{section}.{key}: more than one version of {', '.join(several)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 @dataclass(frozen=True)
@@ -121,6 +205,7 @@ class Spec:
     path: Path
     data: SpecFile
     wheels: dict[str, tuple[LockedFile, ...]]  # platform tag -> locked files
+    frontend: dict[str, tuple[LockedFile, ...]]  # interpreter tag -> its frontend wheels
 
     @property
     def images(self) -> dict[str, Image]:
@@ -134,6 +219,10 @@ class Spec:
     def wheel_platform(self, image: Image, arch: str) -> str:
         """The lock key for an image×arch: its own policy tag."""
         return f"{image.policy}_{arch}"
+
+    def frontend_pins(self, tag: str) -> tuple[LockedFile, ...]:
+        """The frontend wheels (pip, build, ...) locked for one interpreter."""
+        return self.frontend.get(tag, ())
 
     def tool_requirements(self, image: Image) -> list[tuple[str, str, bool]]:
         """(name, version, optional) of every tool an image installs."""
@@ -155,14 +244,22 @@ class _DuplicateKey(Exception):
     pass
 
 
+MAX_YAML_NODES = 50_000  # images.yaml has a few thousand; an alias bomb has billions
+
+
 class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (merge keys `<<: *x` still work: an explicit key
+    may override a merged one, as YAML intends)."""
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise _DuplicateKey(
-                    f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
+                    f"line {key_node.start_mark.line + 1}: duplicate key {_short(key)} "
                     f"(first defined on line {seen[key] + 1})"
                 )
             seen[key] = key_node.start_mark.line
@@ -170,6 +267,60 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    """repr of a value for a message, cut to about `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 12] + f"...({len(text)} chars)"
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
+    """How many nodes the document has once every alias is expanded (capped at `limit`)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = limit  # a cycle counts as too big
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children: list[yaml.Node] = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        total = min(limit, total + _expanded_size(child, memo, limit))
+        if total >= limit:
+            break
+    memo[id(node)] = total
+    return total
+
+
+def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The YAML node a pydantic location points at, to quote what the file says."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        elif isinstance(part, str) and part.startswith(("function-", "literal[")):
+            continue
+        else:
+            return None
+    return node
+
+
+def _yaml_hint(node: yaml.Node | None, value: Any) -> str:
+    """Say so when YAML turned what the author wrote into a number or a boolean."""
+    if not isinstance(node, yaml.ScalarNode) or isinstance(value, str) or node.style:
+        return ""
+    kind = "a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float)) else ""
+    if not kind:
+        return ""
+    return (
+        f" (line {node.start_mark.line + 1}: YAML read {node.value[:40]} as {kind}, {_short(value, 40)}; "
+        f'write it in quotes: "{node.value[:40]}")'
+    )
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
@@ -188,9 +339,9 @@ def _allowed_keys(model: type[BaseModel] | None) -> str:
     return ", ".join(model.model_fields) if model else ""
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
     """The model class a location points into, to list the allowed keys of an unknown key."""
-    model: Any = SpecFile
+    model: Any = root
     for part in loc[:-1]:
         if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
             annotation = model.model_fields[part].annotation
@@ -205,22 +356,29 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _format_pydantic(path: Path, err: ValidationError) -> list[str]:
+def _format_pydantic(
+    path: Path, err: ValidationError, root: type[BaseModel] | None = None, document: yaml.Node | None = None
+) -> list[str]:
     problems = []
     for e in err.errors():
         loc = tuple(e["loc"])
         where = f"{path.name}: {_key_path(loc)}"
+        hint = _yaml_hint(_node_at(document, loc), e.get("input"))
+        if hint:
+            problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')}{hint}")
+            continue
         if e["type"] == "extra_forbidden":
-            problems.append(f"{where}: unknown key; allowed keys here: {_allowed_keys(_model_at(loc))}")
+            problems.append(f"{where}: unknown key; allowed keys here: {_allowed_keys(_model_at(loc, root or SpecFile))}")
         elif e["type"] == "missing":
             problems.append(f"{where}: required key is missing")
         elif e["type"] in ("literal_error", "enum"):
-            problems.append(f"{where}: {e['input']!r} is not allowed; {e['msg'].replace('Input should be', 'expected')}")
+            problems.append(f"{where}: {_short(e['input'])} is not allowed; {e['msg'].replace('Input should be', 'expected')}")
         elif e["type"] == "string_pattern_mismatch":
-            problems.append(f"{where}: {e['input']!r} does not match the required form {e['ctx']['pattern']}")
+            problems.append(f"{where}: {_short(e['input'])} does not match the required form {e['ctx']['pattern']}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {msg} (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else f"{where}: {msg}")
+            shown = "input" in e and not isinstance(e["input"], (dict, list, tuple))
+            problems.append(f"{where}: {msg} (got {_short(e['input'])})" if shown else f"{where}: {msg}")
     return problems
 
 
@@ -231,6 +389,22 @@ def _interpreter_tag_matches(tag: str, interp: Interpreter) -> bool:
     major, minor = interp.cpython.split(".")[:2]
     expected = f"cp{major}{minor}-cp{major}{minor}{'t' if interp.free_threaded else ''}"
     return tag == expected
+
+
+def _check_frontend_lock(spec: SpecFile, frontend: dict[str, tuple[LockedFile, ...]], lock_path: Path) -> list[str]:
+    """Every interpreter an image carries or offers has its frontend locked, matching images.yaml."""
+    problems = []
+    defined = set(spec.interpreters) | set(spec.downloadable)  # unknown tags are reported elsewhere
+    wanted = {t for image in spec.images.values() for t in (*image.interpreters, *image.downloadable) if t in defined}
+    for tag in sorted(wanted):
+        locked = {canonicalize_name(w.name): w.version for w in frontend.get(tag, ())}
+        for name, specifier in spec.frontend.items():
+            version = locked.get(canonicalize_name(name))
+            if version is None or not SpecifierSet(specifier).contains(version, prereleases=True):
+                problems.append(
+                    f"{lock_path.name}: interpreters.{tag}: no pin of {name}{specifier}; run `invoke lock`"
+                )
+    return problems
 
 
 def _cross_check(
@@ -244,11 +418,16 @@ def _cross_check(
                 f"{f}: interpreters.{tag}.cpython: no pinned source for CPython {interp.cpython}; "
                 f"pinned: {', '.join(spec.cpython)}"
             )
+        if interp.free_threaded and tuple(int(x) for x in interp.cpython.split(".")[:2]) < (3, 13):
+            problems.append(f"{f}: interpreters.{tag}.free_threaded: CPython builds free-threaded from 3.13 on, not {interp.cpython}")
         if not _interpreter_tag_matches(tag, interp):
             problems.append(
                 f"{f}: interpreters.{tag}: tag does not match CPython {interp.cpython}"
                 f"{' (free-threaded)' if interp.free_threaded else ''}"
             )
+    for version, source in spec.cpython.items():
+        if source.filename.removeprefix("Python-").split(".t")[0] != version:
+            problems.append(f"{f}: cpython.{version}.url: names {source.filename}, not CPython {version}")
     for name, image in spec.images.items():
         at = f"{f}: images.{name}"
         kind, _, number = image.policy.partition("_")
@@ -280,6 +459,15 @@ def _cross_check(
         for i, tag in enumerate(image.interpreters):
             if tag not in spec.interpreters:
                 problems.append(f"{at}.interpreters[{i}]: unknown interpreter {tag!r}; defined: {', '.join(spec.interpreters)}")
+        for i, tag in enumerate(image.downloadable):
+            entry = spec.downloadable.get(tag)
+            if entry is None:
+                problems.append(
+                    f"{at}.downloadable[{i}]: unknown interpreter {tag!r}; defined under downloadable: "
+                    f"{', '.join(spec.downloadable) or 'none'}"
+                )
+            elif not set(entry.files) & set(image.archs):
+                problems.append(f"{at}.downloadable[{i}]: {tag} has a file for none of the image's archs")
         if image.tools_interpreter not in image.interpreters:
             problems.append(f"{at}.tools_interpreter: {image.tools_interpreter!r} is not among the image's interpreters")
         elif spec.interpreters.get(image.tools_interpreter, Interpreter(cpython="3")).free_threaded:
@@ -315,24 +503,42 @@ def _cross_check(
     return problems
 
 
-def _load_lock(lock_path: Path) -> tuple[dict[str, tuple[LockedFile, ...]], list[str]]:
-    if not lock_path.exists():
-        return {}, []
+MAX_INPUT_BYTES = 4 << 20  # images.yaml and the lock are a few kB; anything this big is a mistake
+
+
+def read_input(path: Path, limit: int = MAX_INPUT_BYTES) -> str:
+    """The text of an input file, refused with a message if it is not a regular, readable,
+    UTF-8 file of sane size (a FIFO would block, a huge file would exhaust memory)."""
     try:
-        raw = json.loads(lock_path.read_text())
-        wheels = {
-            platform: tuple(LockedFile(**entry) for entry in entries)
-            for platform, entries in raw["platforms"].items()
-        }
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        return {}, [f"{lock_path.name}: unreadable lock ({exc}); regenerate it with `invoke lock`"]
-    bad = [
-        f"{lock_path.name}: platforms.{p}: {w.filename}: sha256 is not 64 hex digits"
-        for p, files in wheels.items()
-        for w in files
-        if not re.fullmatch(r"[0-9a-f]{64}", w.sha256)
-    ]
-    return wheels, bad
+        st = path.stat()
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read ({exc.strerror})"]) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecError([f"{path}: not a regular file"])
+    if st.st_size > limit:
+        raise SpecError([f"{path}: {st.st_size} bytes is larger than the limit of {limit} bytes"])
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read ({exc.strerror})"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+
+
+def _load_lock(lock_path: Path) -> LockFile | None:
+    if not lock_path.exists():
+        return None
+    text = read_input(lock_path)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError([f"{lock_path.name}: line {exc.lineno}: not valid JSON ({exc.msg}); regenerate it with `invoke lock`"]) from None
+    try:
+        return LockFile.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_format_pydantic(lock_path, exc, LockFile)) from None
 
 
 def load_spec(path: Path | str = DEFAULT_SPEC, lock_path: Path | str | None = None, check_lock: bool = True) -> Spec:
@@ -342,12 +548,18 @@ def load_spec(path: Path | str = DEFAULT_SPEC, lock_path: Path | str | None = No
     """
     path = Path(path)
     lock_path = Path(lock_path) if lock_path else DEFAULT_LOCK
+    text = read_input(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError([f"{path}: cannot read ({exc.strerror})"]) from None
-    try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
+        loader = _StrictLoader(text)
+        try:
+            document = loader.get_single_node()
+            if document is not None and _expanded_size(document, {}, MAX_YAML_NODES) >= MAX_YAML_NODES:
+                raise SpecError([
+                    f"{path.name}: expands to more than {MAX_YAML_NODES} values (aliases repeated too often?); refused"
+                ])
+            raw = loader.construct_document(document) if document is not None else None
+        finally:
+            loader.dispose()
     except _DuplicateKey as exc:
         raise SpecError([f"{path.name}: {exc}"]) from None
     except yaml.YAMLError as exc:
@@ -359,9 +571,13 @@ def load_spec(path: Path | str = DEFAULT_SPEC, lock_path: Path | str | None = No
     try:
         data = SpecFile.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(_format_pydantic(path, exc)) from None
-    wheels, lock_problems = _load_lock(lock_path)
-    problems = lock_problems + _cross_check(path, data, wheels, lock_path, check_lock)
+        raise SpecError(_format_pydantic(path, exc, document=document)) from None
+    lock = _load_lock(lock_path)
+    wheels = dict(lock.platforms) if lock else {}
+    frontend = dict(lock.interpreters) if lock else {}
+    problems = _cross_check(path, data, wheels, lock_path, check_lock) + (
+        _check_frontend_lock(data, frontend, lock_path) if check_lock else []
+    )
     if problems:
         raise SpecError(problems)
-    return Spec(path=path, data=data, wheels=wheels)
+    return Spec(path=path, data=data, wheels=wheels, frontend=frontend)

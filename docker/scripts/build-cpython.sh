@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Build one CPython from a verified source tarball into PREFIX, install the pinned pip into it,
-# strip it and drop its test suite and static library (nobody links a wheel against them).
+# Build one CPython from a verified source tarball into PREFIX, strip it and drop its test
+# suite and static library (nobody links a wheel against them). pip and the build frontend
+# come next, in their own layer (install-frontend.sh).
 #
-#   build-cpython.sh TARBALL PREFIX PIP_WHEEL [CONFIGURE-ARGS...]
+#   build-cpython.sh TARBALL PREFIX [CONFIGURE-ARGS...]
 set -euo pipefail
 
-tarball=$1 prefix=$2 pip_wheel=$3
-shift 3
+tarball=$1 prefix=$2
+shift 2
 
 step() { echo "manyforge: $(basename "$prefix"): $*"; }
 
@@ -49,10 +50,7 @@ make install >/dev/null
 python=$(find "$prefix/bin" -maxdepth 1 -name 'python3.[0-9]*' ! -name '*-config' -type f | head -n1)
 ln -sf "$(basename "$python")" "$prefix/bin/python3"
 ln -sf "$(basename "$python")" "$prefix/bin/python"
-step "pip, strip, trim"
-# A wheel is runnable as a zip application: pip installs itself from its own wheel, offline.
-"$python" "$pip_wheel/pip" install --quiet --no-index --no-cache-dir --disable-pip-version-check "$pip_wheel"
-ln -sf pip3 "$prefix/bin/pip"
+step "strip, trim"
 
 libdir=$(find "$prefix/lib" -maxdepth 1 -name 'python3.*' -type d | head -n1)
 # The static libpython serves embedding, never a wheel; optimized bytecode serves only -O runs.

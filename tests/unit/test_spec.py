@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from manyforge.spec import DEFAULT_SPEC, SpecError, load_spec
+from manyforge.spec import DEFAULT_LOCK, DEFAULT_SPEC, SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 RAW = yaml.safe_load(DEFAULT_SPEC.read_text())
@@ -47,7 +48,7 @@ def test_unknown_key_names_path_and_allowed_keys(tmp_path):
     assert problems == [
         "images.yaml: images.manylinux_2_36.archz: unknown key; allowed keys here: policy, libc, base, "
         "base_variants, toolchain, toolchain_variants, archs, interpreters, tools_interpreter, tools, "
-        "optional_tools, tool_versions"
+        "optional_tools, tool_versions, downloadable"
     ]
 
 
@@ -124,6 +125,55 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert any("images.manylinux_2_36.toolchain: unknown toolchain 'clang-99'" in p for p in problems)
     assert any("images.musllinux_1_2.interpreters[10]: unknown interpreter 'cp27-cp27mu'" in p for p in problems)
     assert any("images.manylinux_2_28.libc.name: manylinux_2_28 needs glibc, not musl" in p for p in problems)
+
+
+def test_downloadable_interpreters_are_checked(tmp_path):
+    def hostile_url(d):
+        d["downloadable"]["pp311-pypy311_pp73"]["files"]["x86_64"]["url"] = "https://example.invalid/x.tar.bz2\nRUN evil"
+
+    problems = problems_of(tmp_path, mutated(hostile_url))
+    assert len(problems) == 1 and problems[0].startswith("images.yaml: downloadable.pp311-pypy311_pp73.files.x86_64.url: ")
+    problems = problems_of(tmp_path, mutated(lambda d: d["images"]["manylinux_2_36"]["downloadable"].append("pp399-pypy399_pp73")))
+    assert any("images.manylinux_2_36.downloadable[2]: unknown interpreter 'pp399-pypy399_pp73'" in p for p in problems), problems
+
+
+def test_frontend_takes_version_specifiers(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d["frontend"].update(build="latest please")))
+    assert any(p.startswith("images.yaml: frontend.build: ") for p in problems), problems
+
+
+def test_hostile_toolchain_prefix_is_refused(tmp_path):
+    bad = "/opt/x\nRUN curl evil | sh"
+    problems = problems_of(tmp_path, mutated(lambda d: d["toolchains"]["devtoolset-10"].update(prefix=bad)))
+    assert len(problems) == 1 and problems[0].startswith("images.yaml: toolchains.devtoolset-10.prefix: ")
+
+
+def _lock_with(tmp_path, fn) -> list[str]:
+    lock = json.loads(DEFAULT_LOCK.read_text())
+    fn(lock)
+    path = tmp_path / "wheels.lock.json"
+    path.write_text(json.dumps(lock))
+    with pytest.raises(SpecError) as err:
+        load_spec(DEFAULT_SPEC, lock_path=path)
+    return err.value.problems
+
+
+def test_lock_file_names_are_plain_and_match_their_entry(tmp_path):
+    def traversal(lock):
+        lock["platforms"]["manylinux_2_36_x86_64"][0]["filename"] = "../../etc/passwd.whl"
+
+    assert any("platforms.manylinux_2_36_x86_64[0].filename" in p for p in _lock_with(tmp_path, traversal))
+
+    def mismatch(lock):
+        lock["interpreters"]["cp39-cp39"][0]["version"] = "0.1"
+
+    problems = _lock_with(tmp_path, mismatch)
+    assert any(p.startswith("wheels.lock.json: interpreters.cp39-cp39[0]: ") and "is not" in p for p in problems), problems
+
+
+def test_every_interpreter_has_its_frontend_locked(tmp_path):
+    problems = _lock_with(tmp_path, lambda lock: lock["interpreters"].pop("cp311-cp311"))
+    assert "wheels.lock.json: interpreters.cp311-cp311: no pin of build>=1.4.4; run `invoke lock`" in problems
 
 
 def test_not_yaml(tmp_path):

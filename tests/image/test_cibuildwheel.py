@@ -1,0 +1,81 @@
+"""Unmodified cibuildwheel (pinned in the test extras) against the images built for real: it
+builds, repairs and tests the sample project for every interpreter it supports, with its
+default frontend (`build`) and with `build[uv]`, exactly as a user's CI would.
+
+The only settings are the ones any user sets: which image, which identifiers, a test command,
+and (for the test step's `pip install virtualenv`) the host's CA bundle, which cibuildwheel
+copies into the container itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.image
+
+SAMPLE = Path(__file__).parent / "sample"
+NATIVE = ("x86_64", "i686")  # what runs on this host without QEMU
+TEST_COMMAND = (
+    "python -c \"import manyforge_sample as m; assert m.add(40, 2) == 42; "
+    "assert m.sorted_words('pear apple') == 'apple pear'; print('sample ok')\""
+)
+
+
+def cibuildwheel_identifier(tag: str, arch: str) -> str | None:
+    """cibuildwheel's build identifier for an /opt/python tag; None if 4.x no longer builds it
+    (free-threaded 3.13 was experimental and is gone from 4.x)."""
+    m = re.fullmatch(r"cp3(\d+)-cp3\d+(t?)", tag)
+    if m is None or tag == "cp313-cp313t":
+        return None
+    return f"cp3{m.group(1)}{m.group(2)}-manylinux_{arch}"
+
+
+@pytest.mark.parametrize("frontend", ["default", "build[uv]"])
+def test_cibuildwheel_builds_repairs_and_tests_every_interpreter(built_image, frontend, tmp_path):
+    target = built_image.target
+    if target.arch not in NATIVE:
+        pytest.skip("cibuildwheel runs the native images here")
+    if not target.image.policy.startswith("manylinux"):
+        pytest.skip("this test points CIBW_MANYLINUX_* at the image")
+    identifiers = [i for t in target.interpreters if (i := cibuildwheel_identifier(t, target.arch))]
+    assert identifiers
+    project = tmp_path / "project"
+    shutil.copytree(SAMPLE, project)
+    env = {
+        **os.environ,
+        f"CIBW_MANYLINUX_{target.arch.upper()}_IMAGE": built_image.ref,
+        "CIBW_ARCHS": target.arch,
+        "CIBW_BUILD": " ".join(identifiers),
+        "CIBW_TEST_COMMAND": TEST_COMMAND,
+        # cibuildwheel copies the host's $SSL_CERT_FILE into the container; pip there uses it.
+        "SSL_CERT_FILE": os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),
+        "CIBW_ENVIRONMENT": "PIP_CERT=/cibuildwheel-ca-bundle.pem",
+    }
+    if frontend != "default":
+        env["CIBW_BUILD_FRONTEND"] = frontend
+    out = tmp_path / "wheelhouse"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cibuildwheel", "--platform", "linux", "--output-dir", str(out), str(project)],
+        env=env, capture_output=True, text=True, check=False, timeout=3600,
+    )  # fmt: skip
+    log = proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, log
+    assert log.count("sample ok") == len(identifiers), log
+    wheels = sorted(p.name for p in out.glob("*.whl"))
+    assert len(wheels) == len(identifiers), wheels
+    policy_tag = f"{target.image.policy}_{target.arch}"
+    for identifier in identifiers:
+        abi = identifier.split("-")[0]  # cp314t: python tag cp314, ABI tag cp314t
+        mine = [w for w in wheels if f"-{abi.rstrip('t')}-{abi}-" in w]
+        assert len(mine) == 1, (identifier, wheels)
+        assert policy_tag in mine[0].removesuffix(".whl").split("-")[-1].split("."), mine[0]
+        with zipfile.ZipFile(out / mine[0]) as whl:
+            assert any(n.endswith(".so") for n in whl.namelist())

@@ -1,0 +1,254 @@
+"""What users of pypa's images rely on beyond the interpreters: the build frontend in every
+interpreter, the tools on PATH, manylinux-interpreters, and 32-bit behaviour on a 64-bit host.
+
+Each test runs inside containers of the images built for real (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import shlex
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from manyforge import engine
+
+pytestmark = pytest.mark.image
+
+SAMPLE = Path(__file__).parent / "sample"
+
+
+def run(host, command: str) -> str:
+    result = host.run(command)
+    assert result.rc == 0, f"{command!r} failed ({result.rc}):\n{result.stdout}\n{result.stderr}"
+    return result.stdout.strip()
+
+
+def platform_tags(wheel_name: str) -> list[str]:
+    return wheel_name.removesuffix(".whl").split("-")[-1].split(".")
+
+
+def test_frontend_builds_a_wheel_offline_in_every_interpreter(host, built_image, interpreter):
+    """cibuildwheel's default frontend (`python -m build`) and `build[uv]`, with no network
+    (the test container has none): everything comes from the image."""
+    python = f"/opt/python/{interpreter}/bin/python"
+    work = f"/tmp/frontend-{interpreter}"
+    run(host, f"rm -rf {work} && cp -r /sample {work}")
+    run(host, f"cd {work} && {python} -m build --wheel --outdir {work}/dist .")
+    wheels = run(host, f"ls {work}/dist").split()
+    assert len(wheels) == 1 and wheels[0].startswith("manyforge_sample-1.0-"), wheels
+    assert platform_tags(wheels[0]) == [f"linux_{built_image.target.arch}"]
+    if host.exists("uv"):
+        run(host, f"cd {work} && {python} -m build --installer=uv --wheel --outdir {work}/dist-uv .")
+        assert run(host, f"ls {work}/dist-uv").split() == wheels
+    for name in ("pip", "build", "packaging", "pyproject_hooks"):
+        run(host, f"{python} -c 'import {name}'")
+    assert run(host, f"PATH=/opt/python/{interpreter}/bin:$PATH which pip") == f"/opt/python/{interpreter}/bin/pip"
+
+
+def test_tools_users_rely_on_are_on_path(host, built_image):
+    target = built_image.target
+    locked = {w.name for w in target.spec.wheels.get(target.spec.wheel_platform(target.image, target.arch), ())}
+    wanted = ["git", "pkg-config", "autoconf", "automake", "libtool", "libtoolize", "swig", "make",
+              "auditwheel", "patchelf", "pipx", "abi3audit", "manylinux-interpreters"]  # fmt: skip
+    # Optional tools are there wherever their project publishes a wheel for the platform.
+    wanted += [t for t in ("cmake", "ninja", "uv") if t in locked]
+    missing = [tool for tool in wanted if not host.exists(tool)]
+    assert not missing, f"not on PATH: {missing}"
+    for tool in wanted:
+        flag = "--help" if tool == "manylinux-interpreters" else "--version"
+        run(host, f"{tool} {flag} >/dev/null")
+
+
+def test_image_environment_matches_pypas(host):
+    env = dict(line.split("=", 1) for line in run(host, "env").splitlines() if "=" in line)
+    assert env["SHELL"] == "/bin/bash"
+    assert env["PIP_DISABLE_PIP_VERSION_CHECK"] == "1"
+    assert env["PIP_ROOT_USER_ACTION"] == "ignore"
+    assert env["PIPX_BIN_DIR"] == "/usr/local/bin"
+
+
+def test_autotools_and_libtool_build_a_shared_library(host):
+    work = "/tmp/autotools"
+    files = {
+        "configure.ac": "AC_INIT([greet], [1.0])\nAM_INIT_AUTOMAKE([foreign])\nLT_INIT\nAC_PROG_CC\n"
+        "AC_CONFIG_FILES([Makefile])\nAC_OUTPUT\n",
+        "Makefile.am": "lib_LTLIBRARIES = libgreet.la\nlibgreet_la_SOURCES = greet.c\n"
+        "bin_PROGRAMS = greet\ngreet_SOURCES = main.c\ngreet_LDADD = libgreet.la\n",
+        "greet.c": "int answer(void) { return 42; }\n",
+        "main.c": '#include <stdio.h>\nint answer(void);\nint main(void) { printf("%d\\n", answer()); return 0; }\n',
+    }
+    run(host, f"rm -rf {work} && mkdir -p {work}")
+    for name, text in files.items():
+        run(host, f"printf '%s' {shlex.quote(text)} > {work}/{name}")
+    run(host, f"cd {work} && autoreconf -fi >/dev/null 2>&1 && ./configure --quiet && make --quiet >/dev/null 2>&1")
+    assert run(host, f"cd {work} && ./greet") == "42"
+    assert host.file(f"{work}/.libs/libgreet.so").exists
+
+
+def test_cmake_with_ninja_builds_a_project(host, built_image):
+    if not host.exists("cmake") or not host.exists("ninja"):
+        pytest.skip(f"cmake/ninja publish no wheel for {built_image.target.slug}")
+    work = "/tmp/cmake-project"
+    cmakelists = "cmake_minimum_required(VERSION 3.15)\nproject(hello CXX)\nadd_executable(hello hello.cpp)\n"
+    source = '#include <iostream>\nint main() { std::cout << "hello" << std::endl; }\n'
+    run(host, f"rm -rf {work} && mkdir -p {work}")
+    run(host, f"printf '%s' {shlex.quote(cmakelists)} > {work}/CMakeLists.txt")
+    run(host, f"printf '%s' {shlex.quote(source)} > {work}/hello.cpp")
+    run(host, f"cmake -S {work} -B {work}/build -G Ninja >/dev/null && cmake --build {work}/build >/dev/null")
+    assert run(host, f"{work}/build/hello") == "hello"
+
+
+def _app_wheel(directory: Path) -> Path:
+    """A tiny pure-Python application with a console script, as a wheel."""
+    name = "manyforge_hello-1.0-py3-none-any.whl"
+    files = {
+        "manyforge_hello.py": "def main():\n    print('hello from pipx')\n",
+        "manyforge_hello-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: manyforge-hello\nVersion: 1.0\n",
+        "manyforge_hello-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        "manyforge_hello-1.0.dist-info/entry_points.txt": "[console_scripts]\nmanyforge-hello = manyforge_hello:main\n",
+    }
+    path = directory / name
+    with zipfile.ZipFile(path, "w") as whl:
+        for arcname, text in files.items():
+            whl.writestr(arcname, text)
+        whl.writestr("manyforge_hello-1.0.dist-info/RECORD", "")
+    return path
+
+
+def test_pipx_installs_apps_onto_path(built_image, tmp_path):
+    _app_wheel(tmp_path)
+    script = "pipx install --pip-args='--no-index --find-links /apps' manyforge-hello >/dev/null && manyforge-hello"
+    result = engine.run_container(
+        built_image.ref, built_image.target.arch, ["bash", "-c", script], mounts={str(tmp_path): "/apps"},
+        environment={"PIP_NO_INDEX": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "hello from pipx"
+
+
+# --- manylinux-interpreters ---------------------------------------------------------------------
+
+
+def test_manylinux_interpreters_lists_and_ensures_the_installed_ones(host, built_image):
+    target = built_image.target
+    installed = run(host, "manylinux-interpreters list --installed").split()
+    assert sorted(installed) == sorted(target.interpreters)
+    everything = run(host, "manylinux-interpreters list").split()
+    assert set(everything) == set(target.interpreters) | set(target.downloadable)
+    entries = json.loads(run(host, "manylinux-interpreters list --format json"))
+    assert {e["identifier"] for e in entries} == set(everything)
+    for entry in entries:
+        assert set(entry) == {"identifier", "installed", "python_version", "implementation", "implementation_version", "install_path"}
+        assert entry["installed"] == (entry["identifier"] in target.interpreters)
+        assert entry["install_path"] == f"/opt/python/{entry['identifier']}"
+    by_tag = {e["identifier"]: e for e in entries}
+    cpython = by_tag[target.image.tools_interpreter]
+    assert cpython["implementation"] == "cpython"
+    assert cpython["python_version"] == target.spec.data.interpreters[target.image.tools_interpreter].cpython
+    # What cibuildwheel does before each build: every installed tag succeeds, and changes nothing.
+    out = run(host, "manylinux-interpreters ensure " + " ".join(target.interpreters))
+    assert "already installed" in out
+    unknown = host.run("manylinux-interpreters ensure cp27-cp27mu")
+    assert unknown.rc != 0
+    assert "cp27-cp27mu" in unknown.stderr and target.image.tools_interpreter in unknown.stderr
+
+
+class _Server:
+    """A static HTTP server on 127.0.0.1 serving one directory."""
+
+    def __init__(self, directory: Path):
+        handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(directory), **kw)  # noqa: E731
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_manylinux_interpreters_downloads_only_what_its_pin_matches(built_image, tmp_path):
+    """The download path for real: an interpreter archive served on 127.0.0.1 and pinned by
+    sha256 in the catalog is installed under /opt/python; a tampered copy is refused and leaves
+    nothing behind."""
+    target = built_image.target
+    if not target.downloadable:
+        pytest.skip(f"{target.slug} offers no downloadable interpreter")
+    tag = next(iter(target.downloadable))
+    tools = target.image.tools_interpreter
+    served = tmp_path / "served"
+    served.mkdir()
+    tmp_path.chmod(0o777)
+    served.chmod(0o777)
+    # A real, relocatable interpreter as the archive: the image's tools CPython, packed the way
+    # PyPy's releases are (one top directory).
+    pack = f"cp -a $(readlink -f /opt/python/{tools}) /tmp/interp-1.0 && tar -C /tmp -cjf /w/served/interp.tar.bz2 interp-1.0"
+    packed = engine.run_container(built_image.ref, target.arch, ["bash", "-c", pack], mounts={str(tmp_path): "/w"}, writable=(str(tmp_path),))
+    assert packed.returncode == 0, packed.stderr
+    archive = served / "interp.tar.bz2"
+    good = archive.read_bytes()
+    server = _Server(served)
+    try:
+        catalog = {
+            "downloadable": {
+                tag: {"implementation": "pypy", "version": "7.3", "python": "3.11",
+                      "url": f"http://127.0.0.1:{server.port}/interp.tar.bz2",
+                      "sha256": hashlib.sha256(good).hexdigest()}  # fmt: skip
+            },
+            "frontend_python": f"/opt/python/{tools}/bin/python",
+        }
+        (tmp_path / "catalog.json").write_text(json.dumps(catalog))
+        env = {"MANYLINUX_INTERPRETERS_CATALOG": "/w/catalog.json"}
+        state = "ls -a /opt/python /opt/_internal | md5sum"
+
+        def ensure() -> engine.ContainerRun:
+            script = (
+                f"{state}; manylinux-interpreters ensure {tag} 2>&1; rc=$?; {state}; "
+                f"if [ $rc = 0 ]; then /opt/python/{tag}/bin/python -m build --version; fi; exit $rc"
+            )
+            return engine.run_container(
+                built_image.ref, target.arch, ["bash", "-c", script], mounts={str(tmp_path): "/w"}, network="host",
+                environment=env,
+            )  # fmt: skip
+
+        archive.write_bytes(good[:-100] + bytes(100))  # tampered: same name, other bytes
+        refused = ensure()
+        assert refused.returncode != 0, refused.stdout
+        assert "does not match the pin" in refused.stdout
+        before, after = [line for line in refused.stdout.splitlines() if line.endswith("  -")]
+        assert before == after, "a refused download left something behind"
+
+        archive.write_bytes(good)
+        accepted = ensure()
+        assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+        assert f"installing '{tag}'" in accepted.stdout
+        assert accepted.stdout.strip().splitlines()[-1].startswith("build ")
+    finally:
+        server.close()
+
+
+# --- 32-bit images on a 64-bit host ----------------------------------------------------------
+
+
+def test_32bit_image_tags_wheels_with_its_own_arch_for_docker_run_and_exec(host, built_image):
+    """`docker run` goes through the entrypoint (linux32); `docker exec` does not, and still
+    builds a wheel for the image's architecture."""
+    target = built_image.target
+    python = f"/opt/python/{target.image.tools_interpreter}/bin/python"
+    build = f"cp -r /sample /tmp/s && cd /tmp/s && {python} -m build --wheel --outdir /tmp/s/dist . >/dev/null && ls /tmp/s/dist"
+    via_run = engine.run_container(built_image.ref, target.arch, ["bash", "-c", f"uname -m; {build}"], mounts={str(SAMPLE): "/sample"})
+    assert via_run.returncode == 0, via_run.stderr
+    machine, wheel = via_run.stdout.split()
+    via_exec = run(host, f"rm -rf /tmp/s && {build}")
+    if target.arch not in ("i686", "armv7l"):
+        assert machine == target.arch
+        return
+    assert machine == target.arch, "the entrypoint runs 32-bit images under linux32"
+    assert platform_tags(wheel) == [f"linux_{target.arch}"]
+    assert platform_tags(via_exec) == [f"linux_{target.arch}"]
