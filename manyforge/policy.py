@@ -4,6 +4,10 @@ A policy entry has auditwheel's schema (name, aliases, priority, symbol_versions
 lib_whitelist, blacklist). Rules checked on load: every newer policy of a family allows at
 least what every older one allows (libraries and symbol versions, per arch), priorities fall
 as policies get newer, and every image of images.yaml finds its policy for each of its arches.
+
+Policy files and dumps are checked where they are read (`load_policies`, `Dump.read`): a file that
+is not a sane, UTF-8 JSON file of the right shape gives a PolicyError naming the file, the key
+path and what is expected, so nothing after loading re-checks them.
 """
 
 from __future__ import annotations
@@ -11,32 +15,63 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
 
-from manyforge.spec import REPO_ROOT, Spec
+from manyforge.arches import Arch
+from manyforge.spec import REPO_ROOT, Spec, SpecError, read_input
 
 POLICY_DIR = REPO_ROOT / "policies"
 FAMILY_FILES = {"manylinux": "manylinux-policy.json", "musllinux": "musllinux-policy.json"}
+# Policy files are ~100 kB and dumps a few kB; anything this big is a mistake (or an attack).
+MAX_INPUT_BYTES = 16 << 20
+QUOTE_LIMIT = 100  # characters of an offending value quoted in a message
 
 
 class PolicyError(Exception):
+    """A policy file or dump is unusable, or policies contradict; one line per problem."""
+
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
 
 
-class PolicyEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# The words error messages use for each pattern below (a regular expression says little to a user).
+_FORMS: dict[str, str] = {}
 
-    name: str = Field(pattern=r"^(linux|manylinux_2_\d+|musllinux_1_\d+)$")
-    aliases: list[str] = []
+
+def _form(pattern: str, described: str) -> StringConstraints:
+    _FORMS[pattern] = described
+    return StringConstraints(strict=True, pattern=pattern)
+
+
+_POLICY_NAME = r"^(linux|manylinux_2_\d+|musllinux_1_\d+)$"
+PolicyName = Annotated[str, _form(_POLICY_NAME, "linux, manylinux_2_<minor> or musllinux_1_<minor>")]
+ArchName = Annotated[str, _form(r"^[a-z][a-z0-9_]*$", "an architecture such as x86_64")]
+Alias = Annotated[str, _form(r"^(manylinux|musllinux)[a-z0-9_]*$", "a platform tag such as manylinux2014")]
+Soname = Annotated[str, _form(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.so(\.\d+)*$", "a library soname such as libc.so.6")]
+VersionPrefix = Annotated[str, _form(r"^[A-Z]+$", "a version prefix in capitals such as GLIBC or CXXABI")]
+SymbolVersion = Annotated[str, _form(r"^[A-Za-z0-9][A-Za-z0-9_.]*$", "a symbol version such as 2.17, 3.4.30 or TM_1")]
+SymbolName = Annotated[str, _form(r"^[A-Za-z_][A-Za-z0-9_.]*$", "a symbol name such as __cxa_thread_atexit_impl")]
+LibcVersion = Annotated[str, _form(r"^\d+(\.\d+)+$", "a version such as 2.36 or 1.2.5")]
+Label = Annotated[str, _form(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", "a name such as debian-bookworm-x86_64")]
+MuslLoader = Annotated[str, _form(r"^ld-musl-[a-z0-9_]+\.so\.1$", "a musl loader file name such as ld-musl-x86_64.so.1")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class PolicyEntry(_Strict):
+    name: PolicyName
+    aliases: list[Alias] = []
     priority: int = Field(ge=0, le=100)
-    symbol_versions: dict[str, dict[str, list[str]]]
-    lib_whitelist: list[str]
-    blacklist: dict[str, list[str]] = {}
+    symbol_versions: dict[ArchName, dict[VersionPrefix, list[SymbolVersion]]]
+    lib_whitelist: list[Soname]
+    blacklist: dict[Soname, list[SymbolName]] = {}
 
     @property
     def libc_version(self) -> tuple[int, int]:
@@ -53,25 +88,131 @@ def version_key(version: str) -> tuple[int, list[int], str]:
     return (1, [], version)
 
 
-def load_policies(path: Path) -> list[PolicyEntry]:
+# --- reading input files: every check happens here, once ------------------------------------
+
+
+class _BadJSON(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _BadJSON(f"duplicate key {_quote(key)} in an object")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise _BadJSON(f"{name} is not a JSON number")
+
+
+def _parse_json(text: str, filename: str) -> Any:
+    if not text.strip():
+        raise PolicyError([f"{filename}: the file is empty; expected JSON"])
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PolicyError([f"{path.name}: cannot read ({exc})"]) from None
-    if not isinstance(raw, list):
-        raise PolicyError([f"{path.name}: the top level must be a list of policies"])
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise PolicyError([f"{filename}: line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg})"]) from None
+    except _BadJSON as exc:
+        raise PolicyError([f"{filename}: not valid JSON ({exc})"]) from None
+    except RecursionError:
+        raise PolicyError([f"{filename}: not usable JSON (nested too deeply)"]) from None
+    except ValueError:  # Python refuses to convert integers of thousands of digits
+        raise PolicyError([f"{filename}: not usable JSON (a number has too many digits)"]) from None
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON input file, refused with a message naming it if it is not a regular, sanely sized,
+    UTF-8 file holding one JSON value."""
+    try:
+        text = read_input(path, MAX_INPUT_BYTES)
+    except SpecError as exc:
+        raise PolicyError(exc.problems) from None
+    return _parse_json(text, path.name)
+
+
+def _quote(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 3] + "..."
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    """('libraries', 'libc.so.6', 'GLIBC', 3) -> "libraries['libc.so.6'].GLIBC[3]"."""
+    out = ""
+    for part in loc:
+        if part == "[key]" or str(part).startswith(("function-", "literal[")):  # pydantic's labels
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,39}", part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{_quote(part)}]"
+    return out
+
+
+def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    model = root
+    for part in loc[:-1]:
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = info.annotation if info else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    return ", ".join(model.model_fields)
+
+
+def _format_errors(prefix: str, err: ValidationError, root: type[BaseModel]) -> list[str]:
+    """One line per problem: '<file>: <key path>: <what is wrong and what is expected>'."""
+    problems = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        where = f"{prefix}: {_key_path(loc) or '(top level)'}"
+        got = _quote(e.get("input"))
+        if loc and loc[-1] == "[key]":
+            got = f"the key {got}"
+        if e["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown key; allowed keys here: {_allowed_keys(root, loc)}")
+        elif e["type"] == "missing":
+            problems.append(f"{where}: required key is missing")
+        elif e["type"] == "literal_error":
+            problems.append(f"{where}: {got} is not allowed; {e['msg'].replace('Input should be', 'expected')}")
+        elif e["type"] == "model_type":  # not an object where one is expected
+            problems.append(f"{where}: expected an object with keys {_allowed_keys(root, (*loc, ''))} (got {got})")
+        elif e["type"] == "string_pattern_mismatch":
+            pattern = e["ctx"]["pattern"]
+            problems.append(f"{where}: {got} is not {_FORMS.get(pattern, f'of the form {pattern}')}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ").replace(" after validation", "")
+            problems.append(f"{where}: {msg} (got {got})")
+    return problems
+
+
+def _policy_entries(filename: str, raw: Any) -> list[PolicyEntry]:
+    if not isinstance(raw, list) or not raw:
+        raise PolicyError([f"{filename}: the top level must be a non-empty list of policies (got {_quote(raw)})"])
     entries, problems = [], []
     for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            keys = ", ".join(PolicyEntry.model_fields)
+            problems.append(f"{filename}: [{i}]: a policy must be an object with keys {keys} (got {_quote(item)})")
+            continue
         try:
             entries.append(PolicyEntry.model_validate(item))
         except ValidationError as exc:
-            name = item.get("name", f"[{i}]") if isinstance(item, dict) else f"[{i}]"
-            for e in exc.errors():
-                where = ".".join(str(p) for p in e["loc"])
-                problems.append(f"{path.name}: {name}: {where}: {e['msg']}")
+            name = item.get("name")
+            label = name if isinstance(name, str) and re.match(_POLICY_NAME, name) else f"[{i}]"
+            problems += _format_errors(f"{filename}: {label}", exc, PolicyEntry)
     if problems:
         raise PolicyError(problems)
-    problems += check_order(path.name, entries)
+    return entries
+
+
+def load_policies(path: Path) -> list[PolicyEntry]:
+    entries = _policy_entries(path.name, _read_json(path))
+    problems = check_order(path.name, entries)
     if problems:
         raise PolicyError(problems)
     return entries
@@ -84,7 +225,7 @@ def check_order(filename: str, entries: list[PolicyEntry]) -> list[str]:
     names = [e.name for e in ordered]
     if len(set(names)) != len(names):
         problems.append(f"{filename}: a policy name appears twice: {', '.join(n for n in names if names.count(n) > 1)}")
-    for older, newer in zip(ordered, ordered[1:]):
+    for older, newer in pairwise(ordered):
         where = f"{filename}: {newer.name}"
         if newer.priority >= older.priority:
             problems.append(f"{where}: priority {newer.priority} must be below {older.name}'s {older.priority}")
@@ -143,6 +284,32 @@ def write_policies(path: Path, entries: list[PolicyEntry]) -> None:
 # --- derivation from dumps ------------------------------------------------------------------
 
 
+class DumpLibc(_Strict):
+    name: Literal["glibc", "musl"]
+    version: LibcVersion
+    loader: MuslLoader | None = None  # musl: the loader the version was read from
+
+    @field_validator("version")
+    @classmethod
+    def _names_a_policy(cls, version: str, info: ValidationInfo) -> str:
+        """The version must give a policy name: glibc 2.36 -> manylinux_2_36, musl 1.2.5 -> musllinux_1_2."""
+        name = info.data.get("name")
+        if name == "glibc" and not re.fullmatch(r"2\.\d+", version):
+            raise ValueError("a glibc version is 2.<minor>, such as 2.36")
+        if name == "musl" and not re.fullmatch(r"1\.[1-9]\d*\.\d+", version):
+            raise ValueError("a musl version is 1.<minor>.<patch> with minor 1 or more, such as 1.2.5")
+        return version
+
+
+class DumpFile(_Strict):
+    """What scripts/calculate_symbol_versions.py writes."""
+
+    label: Label | None = None
+    libc: DumpLibc
+    arch: Arch
+    libraries: dict[Soname, dict[VersionPrefix, list[SymbolVersion]]] = Field(min_length=1)
+
+
 @dataclass(frozen=True)
 class Dump:
     label: str
@@ -153,13 +320,24 @@ class Dump:
 
     @classmethod
     def read(cls, path: Path) -> Dump:
-        raw: dict[str, Any] = json.loads(path.read_text())
+        """A dump file, validated; PolicyError names the file and the key path of each problem."""
+        return cls.from_data(_read_json(path), path.name, default_label=path.stem)
+
+    @classmethod
+    def from_data(cls, raw: Any, source: str, default_label: str = "dump") -> Dump:
+        if not isinstance(raw, dict):
+            keys = ", ".join(DumpFile.model_fields)
+            raise PolicyError([f"{source}: the top level must be an object with keys {keys} (got {_quote(raw)})"])
+        try:
+            data = DumpFile.model_validate(raw)
+        except ValidationError as exc:
+            raise PolicyError(_format_errors(source, exc, DumpFile)) from None
         return cls(
-            label=raw.get("label", path.stem),
-            libc=raw["libc"]["name"],
-            libc_version=raw["libc"]["version"],
-            arch=raw["arch"],
-            libraries=raw["libraries"],
+            label=data.label or default_label,
+            libc=data.libc.name,
+            libc_version=data.libc.version,
+            arch=data.arch,
+            libraries=data.libraries,
         )
 
     def versions(self) -> dict[str, set[str]]:
@@ -169,6 +347,19 @@ class Dump:
             for prefix, versions in prefixes.items():
                 out.setdefault(prefix, set()).update(versions)
         return out
+
+
+def read_dumps(paths: list[Path]) -> list[Dump]:
+    """Every dump, with the problems of all files reported together."""
+    dumps, problems = [], []
+    for path in paths:
+        try:
+            dumps.append(Dump.read(path))
+        except PolicyError as exc:
+            problems += exc.problems
+    if problems:
+        raise PolicyError(problems)
+    return dumps
 
 
 @dataclass
@@ -288,8 +479,9 @@ def auditwheel_policies(wheel: Path) -> dict[str, PolicyEntry]:
     out = {}
     with zipfile.ZipFile(wheel) as whl:
         for filename in FAMILY_FILES.values():
-            for item in json.loads(whl.read(f"auditwheel/policy/{filename}")):
-                out[item["name"]] = PolicyEntry.model_validate(item)
+            text = whl.read(f"auditwheel/policy/{filename}").decode("utf-8")
+            for entry in _policy_entries(f"{wheel.name}:{filename}", _parse_json(text, f"{wheel.name}:{filename}")):
+                out[entry.name] = entry
     return out
 
 

@@ -16,10 +16,13 @@ else
     sudo "$root/scripts/setup-host.sh"
 fi
 
-if [[ ! -x $venv/bin/invoke ]] || [[ $root/pyproject.toml -nt $venv/.installed ]]; then
+if [[ ! -x $venv/bin/invoke ]] || [[ $root/pyproject.toml -nt $venv/.installed ]] \
+    || [[ $root/constraints.txt -nt $venv/.installed ]]; then
     echo "==> preparing the Python environment in $venv" >&2
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "${root}[test]"
+    # constraints.txt pins every dependency (refresh it with `invoke constraints`).
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -c "$root/constraints.txt" -e "${root}[test]"
     touch "$venv/.installed"
 fi
 

