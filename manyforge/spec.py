@@ -38,6 +38,7 @@ Sha256 = Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{64}$"
 Name = Annotated[str, StringConstraints(strict=True, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
 # A path component of an image reference: <org>/<image>_<arch> must be a valid Docker name.
 RefName = Annotated[str, StringConstraints(strict=True, max_length=60, pattern=r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")]
+TagPart = Annotated[str, StringConstraints(strict=True, max_length=60, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 Version = Annotated[str, StringConstraints(strict=True, max_length=40, pattern=r"^\d+(\.\d+)*$")]
 Str = Annotated[str, StringConstraints(strict=True, min_length=1)]
 # Anything that reaches a Dockerfile, a shell or a path: no whitespace, no quotes, no `..`.
@@ -99,7 +100,7 @@ Specifier = Annotated[str, StringConstraints(strict=True, pattern=r"^[^\s]*$"), 
 
 class Base(_Model):
     family: Literal["yum", "dnf", "apk", "apt"]
-    image: Annotated[str, StringConstraints(strict=True, pattern=r"^[^@\s]+@sha256:[0-9a-f]{64}$")] | None = None
+    image: Annotated[str, StringConstraints(strict=True, max_length=300, pattern=r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")] | None = None
     debootstrap: Name | None = None
     archs: tuple[Arch, ...] = Field(min_length=1)
     # Runtime packages whose names differ between releases of the family (libffi8 or libffi7).
@@ -149,8 +150,8 @@ class SpecFile(_Model):
     frontend: dict[Name, Specifier] = Field(min_length=1)
     downloadable: dict[InterpreterTag, Downloadable] = {}
     tools: dict[Name, Version]
-    bases: dict[Name, Base]
-    toolchains: dict[Name, Toolchain]
+    bases: dict[TagPart, Base]  # variant names become part of image tags
+    toolchains: dict[TagPart, Toolchain]
     images: dict[RefName, Image] = Field(min_length=1)
 
 

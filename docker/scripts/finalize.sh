@@ -23,7 +23,7 @@ done
 for tool in /opt/_internal/tools/bin/*; do
     name=$(basename "$tool")
     case $name in
-        python* | pip* | activate* | Activate*) ;;
+        python* | pip | pip3 | pip3.* | activate* | Activate*) ;;
         *) ln -sf "$tool" "/usr/local/bin/$name" ;;
     esac
 done

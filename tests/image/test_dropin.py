@@ -61,7 +61,7 @@ def test_tools_users_rely_on_are_on_path(host, built_image):
     missing = [tool for tool in wanted if not host.exists(tool)]
     assert not missing, f"not on PATH: {missing}"
     for tool in wanted:
-        flag = "--help" if tool == "manylinux-interpreters" else "--version"
+        flag = {"manylinux-interpreters": "--help", "swig": "-version"}.get(tool, "--version")
         run(host, f"{tool} {flag} >/dev/null")
 
 
