@@ -18,12 +18,13 @@ from invoke import Exit, task
 
 from manyforge import pipeline
 from manyforge import policy as policy_module
+from manyforge import publish as publish_module
 from manyforge.arches import ARCHES
 from manyforge.engine import EngineError
 from manyforge.policy import PolicyError
 from manyforge.render import render_dockerfile
 from manyforge.sources import SourceCache, SourceError, write_lock
-from manyforge.spec import DEFAULT_LOCK, DEFAULT_SPEC, SpecError, load_spec
+from manyforge.spec import DEFAULT_SPEC, SpecError, load_spec, lock_path_default
 
 ROOT = Path(__file__).resolve().parent
 
@@ -38,7 +39,7 @@ def _guard(fn):
             raise Exit("error: " + "\nerror: ".join(exc.problems), code=2) from None
         except PolicyError as exc:
             raise Exit("error: " + "\nerror: ".join(exc.problems), code=1) from None
-        except (SourceError, EngineError) as exc:
+        except (SourceError, EngineError, publish_module.PublishError) as exc:
             raise Exit(f"error: {exc}", code=1) from None
         except BrokenPipeError:
             # `invoke matrix | head`: the reader left; say nothing more, like any filter.
@@ -93,7 +94,7 @@ def lock(c, spec=None):
     """Resolve every tool wheel of every image×arch, and every interpreter's frontend
     (pip, build, ...), through pip's own index configuration; write docker/wheels.lock.json."""
     s = load_spec(_spec_path(spec), check_lock=False)
-    skipped = write_lock(s, DEFAULT_LOCK)
+    skipped = write_lock(s, lock_path_default())
     for line in skipped:
         print(f"no wheel: {line}", file=sys.stderr)
     load_spec(_spec_path(spec))  # the new lock must satisfy every required tool
@@ -222,11 +223,13 @@ def policy(c, action, image=None, arch="x86_64", suite=None, output=None, dumps=
         raise Exit(f"error: unknown action {action!r}; choose one of: dump, derive, check", code=2)
 
 
-@task(help={"spec": SPEC_HELP})
+@task(help={"spec": SPEC_HELP, "images": "one entry per image instead of per image×arch (the workflow's index jobs)"})
 @_guard
-def matrix(c, spec=None):
+def matrix(c, spec=None, images=False):
     """Print the image×arch build matrix as JSON (the GitHub workflow's matrix)."""
-    print(json.dumps({"include": pipeline.ci_matrix(_spec(spec))}))
+    s = _spec(spec)
+    entries = [{"image": name} for name in s.images] if images else pipeline.ci_matrix(s)
+    print(json.dumps({"include": entries}))
 
 
 @task(
@@ -245,6 +248,73 @@ def benchmark(c, image=None, arch="x86_64", python=None, spec=None):
     figures = pipeline.benchmark(s, SourceCache(), target)
     for key, value in figures.items():
         print(f"{target.slug} {key}: {value}")
+
+
+@task(
+    help={
+        "registry": "where to push: HOST[:PORT]/NAMESPACE, e.g. 127.0.0.1:5000/manyforge (credentials: `docker login`)",
+        "image": "image of images.yaml (default: the one this machine builds)",
+        "arch": "comma-separated architectures (default: all the image declares)",
+        "key": "cosign private key (default: $MANYFORGE_COSIGN_KEY); its password in $COSIGN_PASSWORD",
+        "subset": "also create the multi-arch index when only some declared arches are pushed (said in its annotations)",
+        "tag": "publish under this release tag (YYYY.MM.DD-N, from `invoke release-tag`) instead of the next free one",
+        "index_only": "push no image; make the index of the arches already pushed under --tag",
+        "spec": SPEC_HELP,
+    }
+)
+@_guard
+def publish(c, registry, image=None, arch=None, key=None, subset=False, tag=None, index_only=False, spec=None):
+    """Push tested images: <image>_<arch>:<YYYY.MM.DD>-<N> and :latest, the index <image>:<tag>,
+    signatures, SBOM attestations and the release catalog (also written to build/releases/)."""
+    s = _spec(spec)
+    key_path = key or os.environ.get("MANYFORGE_COSIGN_KEY")
+    if not key_path:
+        raise Exit("error: --key (or MANYFORGE_COSIGN_KEY): a cosign private key is needed to sign", code=2)
+    catalog = publish_module.publish(
+        s, _image(s, image), _list(arch, "arch"), registry, Path(key_path), subset=subset, tag=tag, index_only=index_only,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    print(json.dumps(catalog, indent=1))
+
+
+@task(help={"registry": "HOST[:PORT]/NAMESPACE", "image": "one image of images.yaml (default: all, as JSON)",
+            "spec": SPEC_HELP})  # fmt: skip
+@_guard
+def release_tag(c, registry, image=None, spec=None):
+    """Print the next free release tag of an image in a registry (one tag for parallel publish
+    jobs); without --image, a JSON object of every image's."""
+    s = _spec(spec)
+    if image is not None:
+        print(publish_module.next_tag(s, _image(s, image), registry))
+    else:
+        print(json.dumps({name: publish_module.next_tag(s, name, registry) for name in s.images}))
+
+
+@task(
+    help={
+        "registry": "HOST[:PORT]/NAMESPACE the releases were published to",
+        "from_tag": "the older release tag, e.g. 2026.11.23-1",
+        "to_tag": "the newer release tag",
+        "image": "image of images.yaml (default: the one this machine builds)",
+        "arch": "comma-separated architectures (default: all the image declares)",
+        "public_key": "cosign public key the SBOM attestations are verified with (default: $MANYFORGE_COSIGN_PUB)",
+        "format": "markdown (default) or json",
+        "spec": SPEC_HELP,
+    }
+)
+@_guard
+def changelog(c, registry, from_tag, to_tag, image=None, arch=None, public_key=None, format="markdown", spec=None):
+    """What changed between two releases, per arch: interpreters, tools, toolchain, packages, base."""
+    s = _spec(spec)
+    if format not in ("markdown", "json"):
+        raise Exit(f"error: --format {format[:40]!r}: choose markdown or json", code=2)
+    pub = public_key or os.environ.get("MANYFORGE_COSIGN_PUB")
+    if not pub:
+        raise Exit("error: --public-key (or MANYFORGE_COSIGN_PUB) is needed to verify the SBOMs", code=2)
+    name = _image(s, image)
+    arches = _list(arch, "arch") or list(s.image(name).archs)
+    log = publish_module.changelog(registry, name, arches, from_tag, to_tag, Path(pub))
+    print(json.dumps(log, indent=1) if format == "json" else publish_module.changelog_markdown(log))
 
 
 @task

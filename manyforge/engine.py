@@ -7,7 +7,10 @@ and starts containers for the tests.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
+import os
 import queue
 import re
 import shutil
@@ -291,3 +294,117 @@ def require_image(ref: str) -> None:
     """Containers start only from local images: never let the engine try a registry."""
     if not local_image_exists(ref):
         raise EngineError(f"image {ref} is not built here; build it first with `invoke build`")
+
+
+# --- registries and signatures, for the publish stage ---------------------------------------------
+
+
+def image_id(ref: str) -> str:
+    """The local image's ID: its config digest, which a registry keeps as the manifest's config."""
+    require_image(ref)
+    return str(client().images.get(ref).id)
+
+
+def _tool(args: list[str], what: str, env: dict[str, str] | None = None, input_text: str | None = None) -> str:
+    """Run a registry or signing tool; its output on failure, never the environment (which may
+    hold the signing key's password)."""
+    if shutil.which(args[0]) is None:
+        raise EngineError(f"{args[0]} is not installed; {SETUP_HINT}")
+    proc = subprocess.run(args, capture_output=True, text=True, check=False, env=env, input=input_text)
+    if proc.returncode != 0:
+        raise EngineError(f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-1500:]}")
+    return proc.stdout
+
+
+def _oras(plain_http: bool) -> list[str]:
+    return ["oras", *(["--plain-http"] if plain_http else [])]
+
+
+def registry_tags(repository: str, plain_http: bool) -> list[str]:
+    """Tags of a repository in a registry (none if the repository does not exist yet)."""
+    proc = subprocess.run(["oras", "repo", "tags", *(["--plain-http"] if plain_http else []), repository],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        if "not found" in proc.stderr.lower() or "name unknown" in proc.stderr.lower():
+            return []
+        raise EngineError(f"cannot list the tags of {repository}: {proc.stderr.strip()[-500:]}")
+    return proc.stdout.split()
+
+
+def _manifest(ref: str, plain_http: bool) -> dict | None:
+    proc = subprocess.run(["oras", "manifest", "fetch", *(["--plain-http"] if plain_http else []), ref],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout)
+
+
+def remote_config_digest(ref: str, plain_http: bool) -> str | None:
+    """The config digest of an image manifest in a registry (= the local image ID), or None."""
+    manifest = _manifest(ref, plain_http)
+    return manifest.get("config", {}).get("digest") if manifest else None
+
+
+def remote_digest(ref: str, plain_http: bool) -> str:
+    return _tool(["oras", "resolve", *(["--plain-http"] if plain_http else []), ref], f"resolving {ref}").strip()
+
+
+def push(local_ref: str, remote_ref: str) -> str:
+    """Push a local image under a remote name; returns the manifest digest. The registry makes
+    the tag point at the manifest only once every blob is in: a killed push leaves no tag."""
+    repository, _, tag = remote_ref.rpartition(":")
+    client().images.get(local_ref).tag(repository, tag)
+    digest = None
+    for event in client().images.push(repository, tag, stream=True, decode=True):
+        if "error" in event:
+            raise EngineError(f"push of {remote_ref} failed: {event['error']}")
+        digest = (event.get("aux") or {}).get("Digest", digest)
+    if digest is None:
+        raise EngineError(f"push of {remote_ref} reported no digest")
+    return str(digest)
+
+
+def create_index(tags: list[str], members: list[str], annotations: dict[str, str]) -> str:
+    """A multi-arch index of pushed images under each of `tags`; returns its digest."""
+    args = ["docker", "buildx", "imagetools", "create"]
+    for tag in tags:
+        args += ["--tag", tag]
+    for key, value in annotations.items():
+        args += ["--annotation", f"index:{key}={value}"]
+    _tool([*args, *members], f"creating the index {tags[0]}")
+    out = _tool(["docker", "buildx", "imagetools", "inspect", "--format", "{{json .Manifest}}", tags[0]], f"inspecting {tags[0]}")
+    return str(json.loads(out)["digest"])
+
+
+def _cosign_env() -> dict[str, str]:
+    # The key's password comes from COSIGN_PASSWORD in the caller's environment; nothing is logged.
+    return dict(os.environ, COSIGN_PASSWORD=os.environ.get("COSIGN_PASSWORD", ""))
+
+
+def cosign_sign(ref: str, key: Path) -> None:
+    # No transparency log is reachable here: the signature lives in the registry beside the image.
+    _tool(["cosign", "sign", "--key", str(key), "--tlog-upload=false", "--allow-http-registry", "--yes", ref],
+          f"signing {ref}", env=_cosign_env())  # fmt: skip
+
+
+def cosign_attest(ref: str, key: Path, predicate: Path, predicate_type: str) -> None:
+    _tool(["cosign", "attest", "--key", str(key), "--tlog-upload=false", "--allow-http-registry", "--yes",
+           "--predicate", str(predicate), "--type", predicate_type, ref], f"attesting {ref}", env=_cosign_env())  # fmt: skip
+
+
+def cosign_verify(ref: str, public_key: Path) -> list[dict]:
+    out = _tool(["cosign", "verify", "--key", str(public_key), "--insecure-ignore-tlog", "--allow-http-registry", ref],
+                f"verifying the signature of {ref}")  # fmt: skip
+    return json.loads(out)
+
+
+def verified_attestation(ref: str, public_key: Path, predicate_type: str) -> dict:
+    """The predicate of the newest attestation of a type, after checking its signature."""
+    out = _tool(["cosign", "verify-attestation", "--key", str(public_key), "--insecure-ignore-tlog", "--allow-http-registry",
+                 "--type", predicate_type, ref], f"verifying the {predicate_type} attestation of {ref}")  # fmt: skip
+    statements = [json.loads(base64.b64decode(json.loads(line)["payload"])) for line in out.splitlines() if line.strip()]
+    return dict(statements[-1]["predicate"])
+
+
+def verified_sbom(ref: str, public_key: Path) -> dict:
+    return verified_attestation(ref, public_key, "cyclonedx")

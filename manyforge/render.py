@@ -265,6 +265,34 @@ def tools_requirements(target: Target) -> str:
     return hashed_requirements(locked, f"tools for {target.slug}; not published for this platform: {missing}")
 
 
+def family_layer(family: str):
+    """The family file's exported data (package lists, the package query of the SBOM)."""
+    return _environment().get_template(f"families/{family}.j2").module
+
+
+def sbom_input(target: Target) -> dict:
+    """What the image's SBOM records besides what it reads in the image itself."""
+    spec = target.spec
+    family = family_layer(target.base.family)
+    return {
+        "image": {"org": spec.data.org, "name": target.image_name, "policy": target.image.policy, "arch": target.arch},
+        "base": {"name": target.base_name, "family": target.base.family, "image": target.base.image,
+                 "debootstrap": target.base.debootstrap},  # fmt: skip
+        "toolchain": {"name": target.toolchain_name, "gcc": target.toolchain.gcc, "packages": list(target.toolchain.packages)},
+        "cpython": [
+            {"tag": b.tag, "version": b.version, "free_threaded": b.free_threaded, "filename": b.filename,
+             "sha256": spec.data.cpython[b.version].sha256, "url": spec.data.cpython[b.version].url}  # fmt: skip
+            for b in target.interpreter_builds()
+        ],
+        "wheels": {
+            "tools": [w.model_dump() for w in wheel_pins(spec, target.image, target.arch)],
+            "frontend": {tag: [w.model_dump() for w in spec.frontend_pins(tag)] for tag in target.interpreters},
+        },
+        "package_query": str(vars(family)["package_query"]),
+        "purl_type": str(vars(family)["purl_type"]),
+    }
+
+
 def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
     """Write a complete build context for `target` into `dest` (replaced if present)."""
     if dest.exists():
@@ -280,4 +308,5 @@ def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
         stage_files(cache, pins, dest / "frontend" / tag)
         (dest / "frontend" / tag / "requirements.txt").write_text(hashed_requirements(pins, f"frontend of {tag}"))
     (dest / "manylinux-interpreters.json").write_text(json.dumps(target.catalog(), indent=1) + "\n")
+    (dest / "sbom-input.json").write_text(json.dumps(sbom_input(target), indent=1) + "\n")
     return dest

@@ -8,6 +8,7 @@ and what is allowed.
 from __future__ import annotations
 
 import json
+import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,11 @@ from manyforge.arches import Arch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO_ROOT / "images.yaml"
 DEFAULT_LOCK = REPO_ROOT / "docker" / "wheels.lock.json"
+
+
+def lock_path_default() -> Path:
+    """The wheel lock: MANYFORGE_LOCK if set (a variant matrix with its own lock), else the repository's."""
+    return Path(os.environ.get("MANYFORGE_LOCK") or DEFAULT_LOCK)
 
 Sha256 = Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, StringConstraints(strict=True, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
@@ -207,6 +213,7 @@ class Spec:
     data: SpecFile
     wheels: dict[str, tuple[LockedFile, ...]]  # platform tag -> locked files
     frontend: dict[str, tuple[LockedFile, ...]]  # interpreter tag -> its frontend wheels
+    lock_path: Path
 
     @property
     def images(self) -> dict[str, Image]:
@@ -548,7 +555,7 @@ def load_spec(path: Path | str = DEFAULT_SPEC, lock_path: Path | str | None = No
     `check_lock=False` is for `invoke lock` itself, which writes the lock from the spec.
     """
     path = Path(path)
-    lock_path = Path(lock_path) if lock_path else DEFAULT_LOCK
+    lock_path = Path(lock_path) if lock_path else lock_path_default()
     text = read_input(path)
     try:
         loader = _StrictLoader(text)
@@ -581,4 +588,4 @@ def load_spec(path: Path | str = DEFAULT_SPEC, lock_path: Path | str | None = No
     )
     if problems:
         raise SpecError(problems)
-    return Spec(path=path, data=data, wheels=wheels, frontend=frontend)
+    return Spec(path=path, data=data, wheels=wheels, frontend=frontend, lock_path=lock_path)

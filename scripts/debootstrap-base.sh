@@ -31,6 +31,14 @@ debootstrap --variant=minbase --arch="$arch" "${include[@]}" \
     --keyring=/usr/share/keyrings/debian-archive-keyring.gpg \
     "$suite" "$root" "$mirror" >&2
 
+# Provenance for the image's SBOM: the signed Release index debootstrap verified.
+release=$(find "$root/var/lib/apt/lists" -maxdepth 1 -name '*_InRelease' | head -n1)
+if [[ -n $release ]]; then
+    mkdir -p "$root/usr/share/manyforge"
+    printf '{"suite": "%s", "arch": "%s", "inrelease_sha256": "%s", "release_date": "%s"}\n' \
+        "$suite" "$arch" "$(sha256sum "$release" | cut -d' ' -f1)" \
+        "$(sed -n 's/^Date: //p' "$release" | head -n1)" > "$root/usr/share/manyforge/base.json"
+fi
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb "$root"/var/log/*.log
 printf 'deb %s %s main\n' "$mirror" "$suite" > "$root/etc/apt/sources.list"
 tar --numeric-owner --xattrs -C "$root" -cf "$partial" .

@@ -35,6 +35,23 @@ if ! docker buildx version >/dev/null 2>&1; then
     install -D -m 0755 "$work/root/usr/libexec/docker/cli-plugins/docker-buildx" "$plugin_dir/docker-buildx"
 fi
 
+# Release tools from Debian trixie, static Go programs that run on Debian 12 as they are:
+# cosign (signatures, attestations), oras (registry reads), docker-registry (the tests' registry).
+release_tools=()
+for tool in cosign oras docker-registry; do
+    command -v "$tool" >/dev/null 2>&1 || release_tools+=("$tool")
+done
+if [[ ${#release_tools[@]} -gt 0 ]]; then
+    log "installing ${release_tools[*]} from Debian trixie"
+    work=$(mktemp -d)
+    (cd "$work" && "$here/debian-apt.sh" "$state_dir/apt-trixie" trixie apt-get download -qq "${release_tools[@]}" 2>/dev/null)
+    for tool in "${release_tools[@]}"; do
+        dpkg-deb -x "$work/${tool}"_*.deb "$work/root-$tool"
+        install -m 0755 "$work/root-$tool/usr/bin/$tool" "/usr/local/bin/$tool"
+    done
+    rm -rf "$work"
+fi
+
 # binfmt handlers: the fix-binary flag lets containers run foreign binaries without
 # QEMU inside them.
 if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then

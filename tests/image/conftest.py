@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from manyforge import engine, pipeline
+from manyforge import engine, pipeline, publish
 from manyforge.render import Target, resolve_target
 from manyforge.sources import SourceCache
-from manyforge.spec import Spec, load_spec
+from manyforge.spec import DEFAULT_SPEC, Spec, load_spec
 
 EMULATED_ARCH = "s390x"
 SAMPLE = Path(__file__).parent / "sample"
@@ -62,7 +62,7 @@ def _targets(spec: Spec) -> list[Target]:
     return out
 
 
-_SPEC = load_spec()
+_SPEC = load_spec(os.environ.get("MANYFORGE_SPEC") or DEFAULT_SPEC)
 TARGETS = _targets(_SPEC)
 
 
@@ -97,3 +97,67 @@ def host(built_image: BuiltImage):
         yield testinfra.get_host(f"docker://{container.id}")
     finally:
         container.remove(force=True)
+
+
+# --- test records: what `invoke publish` requires of an image --------------------------------
+
+_RESULTS: dict[str, dict] = {}  # image id -> its outcome counts
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    built = item.funcargs.get("built_image") if hasattr(item, "funcargs") else None
+    if not isinstance(built, BuiltImage) or (report.when != "call" and not report.failed and not report.skipped):
+        return
+    entry = _RESULTS.setdefault(built.ref, {"target": built.target, "passed": 0, "failed": 0, "skipped": 0})
+    if report.failed:
+        entry["failed"] += 1
+    elif report.skipped:
+        entry["skipped"] += 1
+    elif report.when == "call":
+        entry["passed"] += 1
+
+
+def _expected(session, target: Target) -> int:
+    """How many of the session's tests check this image (publishing ones aside)."""
+    return sum(
+        1 for item in session.items
+        if getattr(item, "callspec", None) is not None and item.callspec.params.get("built_image") is target
+        and "recorded_image" not in item.fixturenames
+    )  # fmt: skip
+
+
+def _record(session, ref: str, entry: dict) -> publish.TestRecord:
+    option = session.config.option
+    selected_all = not option.keyword and not option.markexpr and not option.deselect and not option.lf
+    ran = entry["passed"] + entry["failed"] + entry["skipped"]
+    return publish.TestRecord(
+        image_id=engine.image_id(ref), slug=entry["target"].slug, ref=ref,
+        spec_revision=publish.spec_revision(entry["target"].spec), passed=entry["passed"], failed=entry["failed"],
+        skipped=entry["skipped"], complete=selected_all and ran >= _expected(session, entry["target"]),
+    )  # fmt: skip
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Record, per image tested, its exact digest, the spec revision and the outcome; only a
+    complete, passing run (every test of the image ran, none failed, nothing deselected) lets
+    `invoke publish` push it."""
+    for ref, entry in _RESULTS.items():
+        try:
+            publish.write_test_record(_record(session, ref, entry))
+        except engine.EngineError:
+            continue
+
+
+@pytest.fixture
+def recorded_image(request, built_image: BuiltImage) -> BuiltImage:
+    """The built image once every other test of it in this session has passed, with its test
+    record written (what publishing requires). Fails when any did not run or did not pass."""
+    entry = _RESULTS.get(built_image.ref)
+    record = _record(request.session, built_image.ref, entry) if entry else None
+    if record is None or not record.ok:
+        pytest.fail(f"{built_image.target.slug}: its image tests did not all run and pass in this session: not publishable")
+    publish.write_test_record(record)
+    return built_image

@@ -1,0 +1,236 @@
+"""The release pipeline against a real registry server on 127.0.0.1 (Debian's docker-registry,
+started here on a free port with its storage in a temporary directory), with the images this
+session built and tested. Nothing is mocked: pushes go through the engine, signatures and
+attestations through cosign, read-backs through the registry's HTTP API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from manyforge import engine, publish
+from manyforge.sources import resolve_wheels
+from manyforge.spec import DEFAULT_SPEC
+
+pytestmark = pytest.mark.image
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "manyforge-test"  # the throw-away key's password, given to cosign through its environment
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json",
+])  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """HOST:PORT of a registry started for this module and stopped after it."""
+    if shutil.which("docker-registry") is None:
+        pytest.fail("docker-registry is not installed; run scripts/setup-host.sh")
+    work = tmp_path_factory.mktemp("registry")
+    port = _free_port()
+    config = {"version": 0.1, "log": {"level": "warn"}, "http": {"addr": f"127.0.0.1:{port}"},
+              "storage": {"filesystem": {"rootdirectory": str(work / "data")}, "delete": {"enabled": True}}}  # fmt: skip
+    (work / "config.yml").write_text(yaml.safe_dump(config))
+    with (work / "registry.log").open("w") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(f"the registry did not start: {(work / 'registry.log').read_text()[-2000:]}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("keys")
+    subprocess.run(["cosign", "generate-key-pair"], cwd=work, env=dict(os.environ, COSIGN_PASSWORD=PASSWORD),
+                   check=True, capture_output=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    return work / "cosign.key", work / "cosign.pub"
+
+
+def api(registry: str, path: str) -> dict:
+    request = urllib.request.Request(f"http://{registry}/v2/{path}", headers={"Accept": MANIFEST_TYPES})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def run_invoke(*args: str, env: dict[str, str] | None = None, timeout: int = 1800) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=timeout,
+        env={**os.environ, "COSIGN_PASSWORD": PASSWORD, **(env or {})},
+    )  # fmt: skip
+
+
+def _publishable(built_image) -> None:
+    target = built_image.target
+    if target.arch != "x86_64" or target.variant_suffix:
+        pytest.skip("publishing is exercised with the full x86_64 image")
+
+
+def today() -> str:
+    return dt.date.today().strftime("%Y.%m.%d")
+
+
+def test_an_image_without_a_passing_record_is_refused(built_image, registry, keys, tmp_path, monkeypatch):
+    _publishable(built_image)
+    monkeypatch.setattr(publish, "RECORD_DIR", tmp_path / "no-records")
+    with pytest.raises(publish.PublishError, match=r"nothing pushed:\n  manylinux_2_36_x86_64: image sha256:\S+ has no test record"):
+        publish.publish(built_image.target.spec, built_image.target.image_name, ["x86_64"], f"{registry}/refused", keys[0])
+    assert api(registry, "_catalog")["repositories"] == []
+    # A record of a failed run is refused the same way.
+    publish.write_test_record(publish.TestRecord(engine.image_id(built_image.ref), "x", built_image.ref, "r", 30, 1, 0, True))
+    with pytest.raises(publish.PublishError, match=r"did not pass a complete test run \(30 passed, 1 failed"):
+        publish.publish(built_image.target.spec, built_image.target.image_name, ["x86_64"], f"{registry}/refused", keys[0])
+    assert api(registry, "_catalog")["repositories"] == []
+
+
+def test_publish_pushes_signs_attests_and_catalogs(recorded_image, registry, keys, tmp_path):
+    _publishable(recorded_image)
+    target = recorded_image.target
+    started = time.monotonic()
+    proc = run_invoke("publish", "--registry", f"{registry}/manyforge", "--image", target.image_name, "--arch", "x86_64",
+                      "--key", str(keys[0]), "--subset")  # fmt: skip
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert PASSWORD not in proc.stdout + proc.stderr
+    print(f"\n[publish] one image and its index in {seconds:.0f}s", file=sys.stderr)
+    catalog = json.loads(proc.stdout)
+    tag = f"{today()}-1"
+    assert catalog["release"] == tag
+    repo = f"manyforge/{target.image_name}_x86_64"
+    assert {tag, "latest"} <= set(api(registry, f"{repo}/tags/list")["tags"])
+    manifest = api(registry, f"{repo}/manifests/{tag}")
+    assert manifest["config"]["digest"] == engine.image_id(recorded_image.ref)
+    # The multi-arch index: published as a declared subset, and it says so.
+    index = api(registry, f"manyforge/{target.image_name}/manifests/{tag}")
+    platforms = {(m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"]}
+    assert platforms == {("linux", "amd64")}
+    assert index.get("annotations", {}).get("io.manyforge.subset") == "x86_64"
+    # Pulled by digest under a clean name, it runs.
+    digest = catalog["arches"]["x86_64"]["digest"]
+    clean = "manyforge-test/pulled:by-digest"
+    subprocess.run(["docker", "pull", f"{registry}/{repo}@{digest}"], check=True, capture_output=True)
+    subprocess.run(["docker", "tag", f"{registry}/{repo}@{digest}", clean], check=True, capture_output=True)
+    try:
+        out = engine.run_in_image(clean, "x86_64", ["python3.13", "-c", "import sys; print(sys.version_info[:2])"])
+        assert out.strip() == "(3, 13)"
+    finally:
+        subprocess.run(["docker", "rmi", clean], check=False, capture_output=True)
+    # Signature and SBOM verify with the public key; a wrong key does not.
+    engine.cosign_verify(f"{registry}/{repo}@{digest}", keys[1])
+    sbom = engine.verified_sbom(f"{registry}/{repo}@{digest}", keys[1])
+    names = [c["name"] for c in sbom["components"]]
+    assert names.count("cpython") == len(target.interpreters)
+    assert {"libc6", "gcc", "auditwheel", "build", "pip"} <= set(names)
+    print(f"[publish] SBOM of {target.slug}: {len(sbom['components'])} components", file=sys.stderr)
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["cosign", "generate-key-pair"], cwd=other, env=dict(os.environ, COSIGN_PASSWORD="x"), check=True,
+                   capture_output=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    with pytest.raises(engine.EngineError, match="verifying the signature"):
+        engine.cosign_verify(f"{registry}/{repo}@{digest}", other / "cosign.pub")
+    catalog_att = engine.verified_attestation(f"{registry}/manyforge/{target.image_name}:{tag}", keys[1], publish.CATALOG_TYPE)
+    assert catalog_att["arches"]["x86_64"]["digest"] == digest
+    assert catalog_att["arches"]["x86_64"]["interpreters"]
+    # Publishing the same image again is a no-op on the dated tag: it is never moved.
+    again = run_invoke("publish", "--registry", f"{registry}/manyforge", "--image", target.image_name, "--arch", "x86_64",
+                       "--key", str(keys[0]), "--subset")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["release"] == tag and "already pushed" in again.stderr
+
+
+def test_a_killed_publish_completes_on_rerun(recorded_image, registry, keys):
+    _publishable(recorded_image)
+    target = recorded_image.target
+    args = ["publish", "--registry", f"{registry}/interrupted", "--image", target.image_name, "--arch", "x86_64",
+            "--key", str(keys[0]), "--subset"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=dict(os.environ, COSIGN_PASSWORD=PASSWORD),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    time.sleep(4)  # mid-push of a 1 GB image
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    repo = f"interrupted/{target.image_name}_x86_64"
+    tag = f"{today()}-1"
+    # Whatever the kill left, no tag points at a half-pushed or different image.
+    if repo in api(registry, "_catalog")["repositories"]:
+        for left in api(registry, f"{repo}/tags/list").get("tags") or []:
+            assert api(registry, f"{repo}/manifests/{left}")["config"]["digest"] == engine.image_id(recorded_image.ref)
+    rerun = run_invoke(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["release"] == tag
+    assert api(registry, f"{repo}/manifests/{tag}")["config"]["digest"] == engine.image_id(recorded_image.ref)
+    assert [t for t in api(registry, f"{repo}/tags/list")["tags"] if t.startswith(today())] == [tag]
+    engine.cosign_verify(f"{registry}/{repo}:{tag}", keys[1])
+
+
+def test_changelog_between_two_releases_that_differ_by_one_tool_pin(recorded_image, registry, keys, tmp_path):
+    """A second release whose only change is one tool pin: built, tested (a complete image test
+    run of its own), published after the first; the changelog names exactly that change."""
+    _publishable(recorded_image)
+    target = recorded_image.target
+    image = target.image_name
+    platform = target.spec.wheel_platform(target.image, "x86_64")
+    old = next(w for w in target.spec.wheels[platform] if w.name == "ninja")
+    new_version = "1.11.1.4"
+    spec_data = yaml.safe_load(DEFAULT_SPEC.read_text())
+    spec_data["org"] = "manyforge-changelog"  # its own local names: the session's images stay as they are
+    spec_data["images"][image]["tool_versions"] = {"ninja": new_version}
+    variant_spec = tmp_path / "images.yaml"
+    variant_spec.write_text(yaml.safe_dump(spec_data, sort_keys=False))
+    lock = json.loads(target.spec.lock_path.read_text())
+    pins = [f.model_dump() for f in resolve_wheels(target.spec, target.image, "x86_64", f"ninja=={new_version}")]
+    lock["platforms"][platform] = [e for e in lock["platforms"][platform] if e["name"] != "ninja"] + pins
+    variant_lock = tmp_path / "wheels.lock.json"
+    variant_lock.write_text(json.dumps(lock))
+    env = {"MANYFORGE_SPEC": str(variant_spec), "MANYFORGE_LOCK": str(variant_lock), "MANYFORGE_TEST_TARGETS": f"{image}:x86_64"}
+    tested = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "image"),
+         "--ignore", str(ROOT / "tests" / "image" / "test_publish.py")],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=False, timeout=3600,
+    )  # fmt: skip
+    assert tested.returncode == 0, tested.stdout[-3000:]
+    first = run_invoke("publish", "--registry", f"{registry}/changes", "--image", image, "--arch", "x86_64",
+                       "--key", str(keys[0]), "--subset")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    second = run_invoke("publish", "--registry", f"{registry}/changes", "--image", image, "--arch", "x86_64",
+                        "--key", str(keys[0]), "--subset", env=env)  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    tags = [json.loads(p.stdout)["release"] for p in (first, second)]
+    assert tags == [f"{today()}-1", f"{today()}-2"]
+    proc = run_invoke("changelog", "--registry", f"{registry}/changes", "--image", image, "--arch", "x86_64",
+                      "--from-tag", tags[0], "--to-tag", tags[1], "--public-key", str(keys[1]), "--format", "json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    changes = json.loads(proc.stdout)["arches"]["x86_64"]
+    changed = {section: change for section, change in changes.items() if any(change.values())}
+    assert changed == {"tools": {"added": [], "removed": [], "updated": [["ninja", old.version, new_version]]}}
+    markdown = run_invoke("changelog", "--registry", f"{registry}/changes", "--image", image, "--arch", "x86_64",
+                          "--from-tag", tags[0], "--to-tag", tags[1], "--public-key", str(keys[1]))  # fmt: skip
+    assert f"- ninja: {old.version} → {new_version}" in markdown.stdout
