@@ -341,7 +341,8 @@ def constraints(c):
 @task(help={"pytest_args": "extra arguments for pytest, e.g. '-k unit'"})
 def test(c, pytest_args=""):
     """Run the whole test suite: unit tests, then images built and checked for real."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", *pytest_args.split()], cwd=ROOT, check=False)
+    # --durations: the slowest steps (image builds, cibuildwheel runs, publishing) in every run's log.
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--durations=25", *pytest_args.split()], cwd=ROOT, check=False)
     if proc.returncode == 5:
         raise Exit("error: pytest collected no tests", code=1)
     if proc.returncode != 0:

@@ -316,13 +316,14 @@ def _tool(args: list[str], what: str, env: dict[str, str] | None = None, input_t
     return proc.stdout
 
 
-def _oras(plain_http: bool) -> list[str]:
-    return ["oras", *(["--plain-http"] if plain_http else [])]
+def _http(plain_http: bool) -> list[str]:
+    """oras's flag (after its subcommand) for registries that speak plain HTTP."""
+    return ["--plain-http"] if plain_http else []
 
 
 def registry_tags(repository: str, plain_http: bool) -> list[str]:
     """Tags of a repository in a registry (none if the repository does not exist yet)."""
-    proc = subprocess.run(["oras", "repo", "tags", *(["--plain-http"] if plain_http else []), repository],
+    proc = subprocess.run(["oras", "repo", "tags", *_http(plain_http), repository],
                           capture_output=True, text=True, check=False)  # fmt: skip
     if proc.returncode != 0:
         if "not found" in proc.stderr.lower() or "name unknown" in proc.stderr.lower():
@@ -332,7 +333,7 @@ def registry_tags(repository: str, plain_http: bool) -> list[str]:
 
 
 def _manifest(ref: str, plain_http: bool) -> dict | None:
-    proc = subprocess.run(["oras", "manifest", "fetch", *(["--plain-http"] if plain_http else []), ref],
+    proc = subprocess.run(["oras", "manifest", "fetch", *_http(plain_http), ref],
                           capture_output=True, text=True, check=False)  # fmt: skip
     if proc.returncode != 0:
         return None
@@ -346,7 +347,7 @@ def remote_config_digest(ref: str, plain_http: bool) -> str | None:
 
 
 def remote_digest(ref: str, plain_http: bool) -> str:
-    return _tool(["oras", "resolve", *(["--plain-http"] if plain_http else []), ref], f"resolving {ref}").strip()
+    return _tool(["oras", "resolve", *_http(plain_http), ref], f"resolving {ref}").strip()
 
 
 def push(local_ref: str, remote_ref: str) -> str:
@@ -364,16 +365,25 @@ def push(local_ref: str, remote_ref: str) -> str:
     return str(digest)
 
 
-def create_index(tags: list[str], members: list[str], annotations: dict[str, str]) -> str:
-    """A multi-arch index of pushed images under each of `tags`; returns its digest."""
+def create_index(tags: list[str], members: list[str], annotations: dict[str, str], plain_http: bool) -> str:
+    """A multi-arch index of pushed images under each of `tags` (one repository); returns its
+    digest. buildx copies the members into the index's repository and fills in platforms; the
+    index is then re-pushed as an OCI index carrying `annotations` (a Docker list has none)."""
     args = ["docker", "buildx", "imagetools", "create"]
     for tag in tags:
         args += ["--tag", tag]
-    for key, value in annotations.items():
-        args += ["--annotation", f"index:{key}={value}"]
     _tool([*args, *members], f"creating the index {tags[0]}")
-    out = _tool(["docker", "buildx", "imagetools", "inspect", "--format", "{{json .Manifest}}", tags[0]], f"inspecting {tags[0]}")
-    return str(json.loads(out)["digest"])
+    index = json.loads(_tool(["oras", "manifest", "fetch", *_http(plain_http), tags[0]], f"reading the index {tags[0]}"))
+    media_type = "application/vnd.oci.image.index.v1+json"
+    index.update(mediaType=media_type, annotations=annotations)
+    repository = tags[0].rpartition(":")[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "index.json"
+        path.write_text(json.dumps(index))
+        target = repository + ":" + ",".join(t.rpartition(":")[2] for t in tags)
+        _tool(["oras", "manifest", "push", *_http(plain_http), "--media-type", media_type, target, str(path)],
+              f"pushing the index {tags[0]}")  # fmt: skip
+    return remote_digest(tags[0], plain_http)
 
 
 def _cosign_env() -> dict[str, str]:

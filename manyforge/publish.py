@@ -232,7 +232,7 @@ def publish(
         if missing:
             annotations["io.manyforge.subset"] = ",".join(sorted(members))
         refs = [f"{dest.repository(f'{image_name}_{a}')}@{d}" for a, d in members.items()]
-        index_digest = engine.create_index([f"{index_repo}:{tag}", f"{index_repo}:latest"], refs, annotations)
+        index_digest = engine.create_index([f"{index_repo}:{tag}", f"{index_repo}:latest"], refs, annotations, dest.plain_http)
         catalog["index"] = {"digest": index_digest, "tags": [tag, "latest"], "arches": sorted(members), "subset": bool(missing)}
         with tempfile.TemporaryDirectory() as tmp:
             catalog_file = Path(tmp) / "catalog.json"

@@ -150,8 +150,9 @@ class Target:
 
 def bootstrap_base_ref(spec: Spec, base_name: str, arch: str) -> str:
     """Local name of a base bootstrapped on this machine (one repository per arch, so that
-    images of different platforms never share a name in the engine's store)."""
-    return f"{spec.data.org}/base-{base_name}-{arch}:{spec.data.bases[base_name].debootstrap}"
+    images of different platforms never share a name in the engine's store; shared by every
+    matrix on the machine, whatever its org)."""
+    return f"manyforge/base-{base_name}-{arch}:{spec.data.bases[base_name].debootstrap}"
 
 
 def resolve_target(

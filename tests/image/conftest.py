@@ -111,6 +111,8 @@ def pytest_runtest_makereport(item, call):
     built = item.funcargs.get("built_image") if hasattr(item, "funcargs") else None
     if not isinstance(built, BuiltImage) or (report.when != "call" and not report.failed and not report.skipped):
         return
+    if "recorded_image" in item.fixturenames:  # publishing tests are not the image's own
+        return
     entry = _RESULTS.setdefault(built.ref, {"target": built.target, "passed": 0, "failed": 0, "skipped": 0})
     if report.failed:
         entry["failed"] += 1
@@ -131,7 +133,7 @@ def _expected(session, target: Target) -> int:
 
 def _record(session, ref: str, entry: dict) -> publish.TestRecord:
     option = session.config.option
-    selected_all = not option.keyword and not option.markexpr and not option.deselect and not option.lf
+    selected_all = not option.keyword and not option.markexpr and not option.deselect and not getattr(option, "lf", False)
     ran = entry["passed"] + entry["failed"] + entry["skipped"]
     return publish.TestRecord(
         image_id=engine.image_id(ref), slug=entry["target"].slug, ref=ref,
@@ -158,6 +160,14 @@ def recorded_image(request, built_image: BuiltImage) -> BuiltImage:
     entry = _RESULTS.get(built_image.ref)
     record = _record(request.session, built_image.ref, entry) if entry else None
     if record is None or not record.ok:
-        pytest.fail(f"{built_image.target.slug}: its image tests did not all run and pass in this session: not publishable")
+        pytest.fail(
+            f"{built_image.target.slug}: its image tests did not all run and pass in this session ({record}; "
+            f"{_expected(request.session, built_image.target)} expected): not publishable"
+        )
     publish.write_test_record(record)
     return built_image
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Publishing tests run last: they need every other test of their image to have passed."""
+    items.sort(key=lambda item: "recorded_image" in getattr(item, "fixturenames", ()))
