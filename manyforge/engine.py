@@ -418,3 +418,8 @@ def verified_attestation(ref: str, public_key: Path, predicate_type: str) -> dic
 
 def verified_sbom(ref: str, public_key: Path) -> dict:
     return verified_attestation(ref, public_key, "cyclonedx")
+
+
+def image_labels(ref: str) -> dict[str, str]:
+    require_image(ref)
+    return dict(client().images.get(ref).labels or {})

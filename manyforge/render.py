@@ -6,8 +6,11 @@ and wheel files that this image×arch needs, taken from the source cache.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +206,41 @@ def _environment() -> jinja2.Environment:
     )
 
 
+@functools.cache
+def _checkout() -> dict[str, str]:
+    """The project's own revision, commit time and origin, when built from a git checkout."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    remote = git("remote", "get-url", "origin")
+    return {
+        "revision": git("rev-parse", "HEAD") or "unknown",
+        # The commit's time, not the build's: an unchanged rebuild keeps its image ID.
+        "created": git("log", "-1", "--format=%cI") or "1970-01-01T00:00:00Z",
+        "source": remote if re.fullmatch(r"https://[A-Za-z0-9._/-]+", remote) else "",
+    }
+
+
+def image_labels(target: Target) -> dict[str, str]:
+    """OCI annotation keys plus the image's own facts, as image labels."""
+    checkout = _checkout()
+    labels = {
+        "org.opencontainers.image.title": f"{target.image_name}_{target.arch}",
+        "org.opencontainers.image.version": f"{target.image.policy}-{target.spec.revision[7:19]}",
+        "org.opencontainers.image.revision": checkout["revision"],
+        "org.opencontainers.image.created": checkout["created"],
+        "io.manyforge.policy": target.image.policy,
+        "io.manyforge.arch": target.arch,
+        "io.manyforge.base": target.base_name,
+        "io.manyforge.toolchain": target.toolchain_name,
+        "io.manyforge.spec-digest": target.spec.revision,
+    }
+    if checkout["source"]:
+        labels["org.opencontainers.image.source"] = checkout["source"]
+    return labels
+
+
 def render_dockerfile(target: Target) -> str:
     builds = target.interpreter_builds()
     bits = ARCHES[target.arch].bits
@@ -216,6 +254,7 @@ def render_dockerfile(target: Target) -> str:
             base_name=target.base_name,
             base_ref=target.base_ref(),
             base_packages=list(target.base.packages),
+            labels=image_labels(target),
             downloadable=list(target.downloadable),
             # 32-bit images on a 64-bit host: whatever way a user enters (docker exec skips the
             # entrypoint's linux32), Python names the image's own platform in wheel tags.

@@ -7,6 +7,7 @@ and what is allowed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -227,6 +228,14 @@ class Spec:
     def wheel_platform(self, image: Image, arch: str) -> str:
         """The lock key for an image×arch: its own policy tag."""
         return f"{image.policy}_{arch}"
+
+    @property
+    def revision(self) -> str:
+        """A digest of the matrix and its lock: what an image is built from."""
+        digest = hashlib.sha256(self.path.read_bytes())
+        if self.lock_path.exists():
+            digest.update(self.lock_path.read_bytes())
+        return "sha256:" + digest.hexdigest()
 
     def frontend_pins(self, tag: str) -> tuple[LockedFile, ...]:
         """The frontend wheels (pip, build, ...) locked for one interpreter."""

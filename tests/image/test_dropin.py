@@ -252,3 +252,13 @@ def test_32bit_image_tags_wheels_with_its_own_arch_for_docker_run_and_exec(host,
     assert machine == target.arch, "the entrypoint runs 32-bit images under linux32"
     assert platform_tags(wheel) == [f"linux_{target.arch}"]
     assert platform_tags(via_exec) == [f"linux_{target.arch}"]
+
+
+def test_labels_follow_the_oci_annotation_keys(built_image):
+    labels = engine.image_labels(built_image.ref)
+    target = built_image.target
+    for key in ("title", "version", "revision", "created"):
+        assert labels.get(f"org.opencontainers.image.{key}"), key
+    assert labels["io.manyforge.policy"] == target.image.policy
+    assert labels["io.manyforge.arch"] == target.arch
+    assert labels["io.manyforge.spec-digest"] == target.spec.revision
