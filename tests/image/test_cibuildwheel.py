@@ -46,6 +46,8 @@ def test_cibuildwheel_builds_repairs_and_tests_every_interpreter(built_image, fr
         pytest.skip("cibuildwheel runs the native images here")
     if not target.image.policy.startswith("manylinux"):
         pytest.skip("this test points CIBW_MANYLINUX_* at the image")
+    if "cp39-cp39" not in target.interpreters:
+        pytest.skip(f"{target.slug} has no cp39, the interpreter cibuildwheel runs its helpers with (a CI subset)")
     identifiers = [i for t in target.interpreters if (i := cibuildwheel_identifier(t, target.arch))]
     assert identifiers
     project = tmp_path / "project"
