@@ -402,6 +402,12 @@ def cosign_attest(ref: str, key: Path, predicate: Path, predicate_type: str) -> 
            "--predicate", str(predicate), "--type", predicate_type, ref], f"attesting {ref}", env=_cosign_env())  # fmt: skip
 
 
+def cosign_public_key(key: Path, dest: Path) -> Path:
+    """The public half of a cosign key pair, written to `dest`."""
+    dest.write_text(_tool(["cosign", "public-key", "--key", str(key)], "reading the public key", env=_cosign_env()))
+    return dest
+
+
 def cosign_verify(ref: str, public_key: Path) -> list[dict]:
     out = _tool(["cosign", "verify", "--key", str(public_key), "--insecure-ignore-tlog", "--allow-http-registry", ref],
                 f"verifying the signature of {ref}")  # fmt: skip

@@ -240,7 +240,34 @@ def publish(
     out.mkdir(parents=True, exist_ok=True)
     (out / "catalog.json").write_text(json.dumps(catalog, indent=1) + "\n")
     log(f"  catalog: {out / 'catalog.json'}")
+    if chosen:
+        _write_changelog(dest, image_name, chosen, tag, key, out, log)
     return catalog
+
+
+def previous_release(tags: list[str], tag: str) -> str | None:
+    """The newest dated release tag older than `tag`."""
+    def key(t: str) -> tuple[str, int]:
+        day, _, n = t.rpartition("-")
+        return day, int(n)
+
+    older = [t for t in tags if re.fullmatch(r"\d{4}\.\d\d\.\d\d-\d+", t) and key(t) < key(tag)]
+    return max(older, key=key, default=None)
+
+
+def _write_changelog(dest: Destination, image_name: str, arches: list[str], tag: str, key: Path, out: Path, log) -> None:
+    """The changelog against the previous release of these arches, beside the catalog."""
+    repo = dest.repository(f"{image_name}_{arches[0]}")
+    previous = previous_release(engine.registry_tags(repo, dest.plain_http), tag)
+    if previous is None:
+        log("  changelog: first release, nothing to compare with")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        public = engine.cosign_public_key(key, Path(tmp) / "cosign.pub")
+        log_data = changelog(f"{dest.host}/{dest.namespace}", image_name, arches, previous, tag, public)
+    (out / "changelog.json").write_text(json.dumps(log_data, indent=1) + "\n")
+    (out / "changelog.md").write_text(changelog_markdown(log_data))
+    log(f"  changelog against {previous}: {out / 'changelog.md'}")
 
 
 def _catalog(spec, image_name, tag, dest, targets: dict[str, Target], digests, sboms) -> dict[str, Any]:

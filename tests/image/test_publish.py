@@ -247,6 +247,9 @@ def test_changelog_between_two_releases_that_differ_by_one_tool_pin(recorded_ima
     assert second.returncode == 0, second.stderr
     tags = [json.loads(p.stdout)["release"] for p in (first, second)]
     assert tags == [f"{today()}-1", f"{today()}-2"]
+    # Each publish writes the changelog against the release before it.
+    written = json.loads((publish.RELEASE_DIR / image / tags[1] / "changelog.json").read_text())
+    assert written["from"] == tags[0] and written["arches"]["x86_64"]["tools"]["updated"] == [["ninja", old.version, new_version]]
     proc = run_invoke("changelog", "--registry", f"{registry}/changes", "--image", image, "--arch", "x86_64",
                       "--from-tag", tags[0], "--to-tag", tags[1], "--public-key", str(keys[1]), "--format", "json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from manyforge.publish import Destination, PublishError, changelog_markdown, diff_sboms
+from manyforge.publish import Destination, PublishError, changelog_markdown, diff_sboms, previous_release
 from manyforge.render import render_dockerfile, resolve_target, sbom_input
 from manyforge.spec import load_spec
 
@@ -55,3 +55,10 @@ def test_every_image_writes_its_sbom_at_build_time(image, arch):
     assert {w["name"] for w in data["wheels"]["tools"]} >= {"auditwheel", "cyclonedx-python-lib"}
     assert set(data["wheels"]["frontend"]) == set(target.interpreters)
     assert data["package_query"] and data["purl_type"] in ("deb", "rpm", "apk")
+
+
+def test_previous_release_is_the_newest_older_dated_tag():
+    tags = ["latest", "2026.11.22-3", "2026.11.23-1", "2026.11.23-10", "2026.11.23-2", "sha256-abc.sig"]
+    assert previous_release(tags, "2026.11.23-10") == "2026.11.23-2"
+    assert previous_release(tags, "2026.11.23-1") == "2026.11.22-3"
+    assert previous_release(tags, "2026.11.22-3") is None
