@@ -150,6 +150,15 @@ OPTION_CASES = [
      "source cache /etc/hostname"),
     ("spec-env-missing", ["render"], {"MANYFORGE_SPEC": "/nonexistent/images.yaml"}, "/nonexistent/images.yaml: cannot read"),
     ("policy-action", ["policy", "frobnicate"], {}, "unknown action 'frobnicate'"),
+    ("publish-no-key", ["publish", "--registry", "127.0.0.1:5000/x"], {}, "--key (or MANYFORGE_COSIGN_KEY)"),
+    ("publish-key-missing", ["publish", "--registry", "127.0.0.1:5000/x", "--key", "/nonexistent.key"], {}, "--key /nonexistent.key"),
+    ("publish-bad-registry", ["publish", "--registry", "not a registry", "--key", "/etc/hostname"], {}, "--registry 'not a registry'"),
+    ("publish-bad-tag", ["publish", "--registry", "127.0.0.1:5000/x", "--key", "/etc/hostname", "--tag", "v1"], {}, "--tag 'v1'"),
+    ("publish-index-only-no-tag", ["publish", "--registry", "127.0.0.1:5000/x", "--key", "/etc/hostname", "--index-only"], {},
+     "--index-only needs --tag"),
+    ("changelog-no-key", ["changelog", "--registry", "127.0.0.1:5000/x", "--from-tag", "a", "--to-tag", "b"], {}, "--public-key"),
+    ("changelog-format", ["changelog", "--registry", "h/n", "--from-tag", "a", "--to-tag", "b", "--public-key", "p", "--format", "xml"],
+     {}, "--format 'xml'"),
     ("policy-dumps-missing", ["policy", "derive", "--dumps", "/nonexistent.json"], {}, "/nonexistent.json"),
 ]
 
