@@ -156,6 +156,30 @@ def render(c, image=None, arch="x86_64", base=None, toolchain=None, output=None,
 
 
 @task(
+    name="packages-check",
+    help={
+        "image": "image of images.yaml (default: the one this machine builds)",
+        "arch": "architecture (default: x86_64)",
+        "base": "base variant, e.g. ubi9",
+        "toolchain": "toolchain variant",
+        "spec": SPEC_HELP,
+    },
+)
+@_guard
+def packages_check(c, image=None, arch="x86_64", base=None, toolchain=None, spec=None):
+    """List the packages an image declares that its base's repositories do not offer (run it
+    where those repositories are reachable, e.g. before building a UBI variant); exit 1 if any."""
+    s = _spec(spec)
+    target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain)[0]
+    missing = pipeline.packages_check(target)
+    for name in missing:
+        print(f"{target.slug}: {target.base_name} offers no package {name}")
+    if missing:
+        raise Exit(f"{target.slug}: {len(missing)} declared package(s) missing from {target.base_name}'s repositories", code=1)
+    print(f"{target.slug}: {target.base_name}'s repositories offer every declared package")
+
+
+@task(
     help={
         "image": "image of images.yaml (default: the one this machine builds)",
         "arch": "architecture (default: x86_64)",

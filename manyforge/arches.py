@@ -33,5 +33,33 @@ ARCHES: dict[str, ArchInfo] = {
     "riscv64": ArchInfo("linux/riscv64", "riscv64", 64, "riscv64-linux-gnu", "riscv64-linux-gnu", "qemu-riscv64"),
 }
 
+# CPython's platform triplet (sysconfig MULTIARCH, extension suffixes) on musl, from 3.11 on;
+# earlier versions name musl targets with the glibc tuple above. (Misc/platform_triplet.c)
+MUSL_MULTIARCH: dict[str, str] = {
+    "x86_64": "x86_64-linux-musl",
+    "i686": "i386-linux-musl",
+    "aarch64": "aarch64-linux-musl",
+    "ppc64le": "powerpc64le-linux-musl",
+    "s390x": "s390x-linux-musl",
+    "armv7l": "arm-linux-musleabihf",
+    "riscv64": "riscv64-linux-musl",
+}
+
+
+def python_multiarch(arch: str, libc: str, python: tuple[int, int]) -> str:
+    """The platform triplet a CPython of this version reports on this arch and libc."""
+    if libc == "musl" and python >= (3, 11):
+        return MUSL_MULTIARCH[arch]
+    return ARCHES[arch].multiarch
+
+
+def configure_build(arch: str, libc: str) -> str | None:
+    """CPython's `--build` where config.guess would guess wrong: a 32-bit ARM personality on an
+    arm64 host reports armv8l, which would end up in wheel tags and the platform triplet."""
+    if arch != "armv7l":
+        return None
+    return "arm-linux-musleabihf" if libc == "musl" else "armv7l-unknown-linux-gnueabihf"
+
+
 NATIVE_ARCH = "x86_64"
 RUNS_NATIVELY = {name for name, info in ARCHES.items() if info.qemu is None}

@@ -116,6 +116,30 @@ class BuildResult:
     tags: list[str]
     seconds: float
     log: Path
+    target: Target  # as built: with any CPython fallback the fetch stage chose
+
+
+CACHE_BUILDER = "manyforge-cache"
+
+
+def _registry_cache(target: Target) -> list[str]:
+    """buildx options for a registry build cache: MANYFORGE_BUILD_CACHE=<registry>/<repository>
+    reads it (one tag per image×arch×variant), MANYFORGE_BUILD_CACHE_PUSH=1 also writes it.
+    Registry caches need a docker-container builder, which is made on first use; that builder
+    cannot see the engine's local images, so images on a bootstrapped base build without it."""
+    ref = os.environ.get("MANYFORGE_BUILD_CACHE")
+    if not ref:
+        return []
+    if target.base.debootstrap:
+        print(f"==> {target.slug}: its base is bootstrapped here; building without the registry cache", file=sys.stderr)
+        return []
+    if subprocess.run(["docker", "buildx", "inspect", CACHE_BUILDER], capture_output=True, check=False).returncode != 0:
+        _tool(["docker", "buildx", "create", "--name", CACHE_BUILDER, "--driver", "docker-container", "--bootstrap"], "buildx create")
+    cache = f"type=registry,ref={ref}:{target.slug}"
+    args = ["--builder", CACHE_BUILDER, "--cache-from", cache]
+    if os.environ.get("MANYFORGE_BUILD_CACHE_PUSH") == "1":
+        args += ["--cache-to", f"{cache},mode=max"]
+    return args
 
 
 def build(target: Target, context: Path, log_dir: Path, no_cache: bool = False) -> BuildResult:
@@ -129,7 +153,7 @@ def build(target: Target, context: Path, log_dir: Path, no_cache: bool = False) 
     build_ref = f"{target.repository}:build{suffix}"
     cmd = [
         "docker", "buildx", "build", "--platform", target.platform, "--progress", "plain", "--load",
-        "--tag", build_ref, *(["--no-cache"] if no_cache else []), str(context),
+        "--tag", build_ref, *(["--no-cache"] if no_cache else []), *_registry_cache(target), str(context),
     ]  # fmt: skip
     print(f"==> building {target.slug} ({target.platform}); log: {log}", file=sys.stderr)
     started = time.monotonic()
@@ -158,7 +182,16 @@ def build(target: Target, context: Path, log_dir: Path, no_cache: bool = False) 
         raise EngineError(f"build of {target.slug} failed after {seconds:.0f}s (exit {rc}); last lines of {log}:\n{tail}")
     image = client().images.get(build_ref)
     tags = _apply_tags(image, target, suffix)
-    return BuildResult(image.id, tags, seconds, log)
+    return BuildResult(image.id, tags, seconds, log, target)
+
+
+def probe_build(context: Path, platform: str) -> tuple[int, str]:
+    """Build a context only for what its steps print (nothing is kept): exit status and output."""
+    proc = subprocess.run(
+        ["docker", "buildx", "build", "--platform", platform, "--progress", "plain", "--no-cache", str(context)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def _apply_tags(image, target: Target, suffix: str) -> list[str]:

@@ -6,24 +6,26 @@ tasks.py only parses arguments and calls these functions; the tests call them to
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.error
 from pathlib import Path
 
 from manyforge import engine, policy
-from manyforge.render import Target, resolve_target, write_context
+from manyforge.render import Target, declared_packages, resolve_target, write_context, write_packages_check
 from manyforge.sources import (
+    Pin,
     SourceCache,
     SourceError,
     all_pins,
-    cpython_pins,
+    cpython_pin,
     debootstrap_root,
     fetch_frontend,
+    fetch_pin,
     fetch_wheels,
-    seed_cpython_from_debian,
+    library_pins,
 )
 from manyforge.spec import REPO_ROOT, Spec
 
@@ -50,8 +52,9 @@ def fetch(
     origin: str = "auto",
     seed_dir: Path | None = None,
     mirror: str | None = None,
-) -> None:
-    """Fill the cache with every input the targets need.
+) -> list[Target]:
+    """Fill the cache with every input the targets need; returns the targets as they will be
+    built (with any declared CPython fallback a site's origins forced).
 
     origin: "upstream" (python.org and pip's index), "debian" (CPython from Debian's source
     archive, byte-identical to python.org), or "auto" (upstream, then Debian). Every file already
@@ -63,35 +66,19 @@ def fetch(
     if seed_dir is not None and not seed_dir.is_dir():
         raise SourceError(f"--from-dir {seed_dir}: not a directory")
     with cache.filling():
-        _fetch(spec, cache, targets, origin, seed_dir, mirror)
+        return _fetch(spec, cache, targets, origin, seed_dir, mirror)
 
 
 def _fetch(
     spec: Spec, cache: SourceCache, targets: list[Target], origin: str, seed_dir: Path | None, mirror: str | None
-) -> None:
+) -> list[Target]:
     if seed_dir is not None:
         accepted = cache.seed_dir(seed_dir, all_pins(spec))
         log(f"accepted {len(accepted)} file(s) from {seed_dir} by hash")
     if mirror is not None:
         accepted = cache.seed_mirror(mirror, all_pins(spec))
         log(f"accepted {len(accepted)} file(s) from {mirror} by hash")
-    tags = sorted({t for target in targets for t in target.interpreters})
-    missing = [p for p in cpython_pins(spec, tags) if not cache.valid(p)]
-    for pin in missing:
-        errors = []
-        for kind in ("upstream", "debian") if origin == "auto" else (origin,):
-            try:
-                log(f"fetching {pin.filename} from {kind}")
-                if kind == "upstream":
-                    assert pin.url is not None
-                    cache.fetch_url(pin, pin.url)
-                else:
-                    seed_cpython_from_debian(cache, [pin])
-                break
-            except (SourceError, urllib.error.URLError) as exc:
-                errors.append(f"{kind}: {exc}")
-        else:
-            raise SourceError(f"{pin.filename} could not be fetched:\n  " + "\n  ".join(errors))
+    resolved = _fetch_sources(spec, cache, targets, origin)
     for target in targets:
         got = fetch_wheels(spec, cache, target.image, target.arch)
         if got:
@@ -101,6 +88,48 @@ def _fetch(
     if got:
         log(f"fetched {len(got)} frontend wheel(s) for {', '.join(frontend_tags)}")
     log(f"source cache {cache.root} has every input of {', '.join(t.slug for t in targets)}")
+    return resolved
+
+
+def _fetch_sources(spec: Spec, cache: SourceCache, targets: list[Target], origin: str) -> list[Target]:
+    """Fetch every CPython and library source of the targets; an interpreter whose pinned
+    release no origin serves falls back, loudly, to the newest of its declared fallbacks that
+    one does. Returns the targets with what they will actually build."""
+    outcome: dict[str, str | None] = {}  # file name -> None if in the cache, else why not
+
+    def get(pin: Pin) -> str | None:
+        if pin.filename not in outcome:
+            try:
+                if not cache.valid(pin):
+                    fetch_pin(cache, pin, origin, say=log)
+                outcome[pin.filename] = None
+            except SourceError as exc:
+                outcome[pin.filename] = str(exc)
+        return outcome[pin.filename]
+
+    resolved = []
+    for target in targets:
+        for pin in library_pins(spec, target.base.libraries):
+            if (error := get(pin)) is not None:
+                raise SourceError(error)
+        used = {}
+        for tag in target.interpreters:
+            interp = spec.data.interpreters[tag]
+            errors = []
+            for version in (interp.cpython, *interp.fallback):
+                error = get(cpython_pin(spec, version))
+                if error is None:
+                    used[tag] = version
+                    break
+                errors.append(error)
+            else:
+                raise SourceError(f"{tag}: no source of CPython {', '.join((interp.cpython, *interp.fallback))} could be fetched:\n" + "\n".join(errors))
+        target = target.with_cpython(used)
+        for tag, pinned, version in target.substitutions:
+            log(f"WARNING: {target.slug}: {tag}: CPython {pinned} is served by none of this site's origins; "
+                f"building {version}, its declared fallback (recorded in the image's labels and manifest)")  # fmt: skip
+        resolved.append(target)
+    return resolved
 
 
 def build(
@@ -108,11 +137,26 @@ def build(
 ) -> engine.BuildResult:
     """fetch → context → buildx; nothing is left half-done: the context is rewritten each time."""
     engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
-    fetch(spec, cache, [target], origin=origin)
+    target = fetch(spec, cache, [target], origin=origin)[0]
     context = write_context(target, cache, BUILD_DIR / "contexts" / target.slug)
     result = engine.build(target, context, BUILD_DIR / "logs", no_cache=no_cache)
     log(f"built {target.slug} in {result.seconds:.0f}s: {', '.join(result.tags)}")
     return result
+
+
+def packages_check(target: Target) -> list[str]:
+    """The declared packages the base's repositories (set up as the image sets them up) lack."""
+    engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
+    for arch in target.bootstrap_arches[:1]:
+        engine.ensure_bootstrap_base(target.spec, target.base_name, arch)
+    context = write_packages_check(target, BUILD_DIR / "packages-check" / target.slug)
+    log(f"asking the repositories of {target.base_name} ({target.platform}) for {len(declared_packages(target))} packages")
+    rc, output = engine.probe_build(context, target.platform)
+    missing = sorted({m.group(1) for m in re.finditer(r"manyforge-missing: ([A-Za-z0-9][A-Za-z0-9._+-]*)$", output, re.M)})
+    if rc != 0 and not missing:
+        tail = "\n".join(output.splitlines()[-20:])
+        raise engine.EngineError(f"packages check of {target.slug} failed before it could ask (exit {rc}):\n{tail}")
+    return missing
 
 
 def benchmark(spec: Spec, cache: SourceCache, target: Target) -> dict[str, float]:
@@ -139,13 +183,20 @@ def targets_for(spec: Spec, image: str | None, arch: str | None, **choices) -> l
 
 
 def ci_matrix(spec: Spec) -> list[dict[str, str]]:
-    """Every image×arch, for the GitHub workflow's build matrix."""
-    return [
-        {"image": name, "arch": arch, "slug": t.slug}
-        for name, image in spec.images.items()
-        for arch in image.archs
-        for t in [resolve_target(spec, name, arch)]
-    ]
+    """Every image×arch, and every base or toolchain variant on the arches its base has, for the
+    GitHub workflow's build matrix (`variant` is empty for what a release publishes)."""
+    out = []
+    for name, image in spec.images.items():
+        choices = [(image.base, image.toolchain)] + [(b, image.toolchain) for b in image.base_variants]
+        choices += [(image.base, t) for t in image.toolchain_variants]
+        for base, toolchain in choices:
+            for arch in image.archs:
+                if arch not in spec.data.bases[base].archs:
+                    continue
+                t = resolve_target(spec, name, arch, base=base, toolchain=toolchain)
+                out.append({"image": name, "arch": arch, "base": base, "toolchain": toolchain, "slug": t.slug,
+                            "variant": t.variant_suffix})  # fmt: skip
+    return out
 
 
 # --- policies -------------------------------------------------------------------------------

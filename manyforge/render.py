@@ -11,13 +11,13 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
 
-from manyforge.arches import ARCHES, NATIVE_ARCH, RUNS_NATIVELY
-from manyforge.sources import Pin, SourceCache, cpython_pins, stage_files, wheel_pins
+from manyforge.arches import ARCHES, NATIVE_ARCH, RUNS_NATIVELY, configure_build
+from manyforge.sources import Pin, SourceCache, cpython_pin, library_pins, stage_files, wheel_pins
 from manyforge.spec import REPO_ROOT, Base, DownloadFile, Image, LockedFile, Spec, SpecError, Toolchain
 
 DOCKER_DIR = REPO_ROOT / "docker"
@@ -53,6 +53,22 @@ class Target:
     base_name: str
     toolchain_name: str
     interpreters: tuple[str, ...]
+    # Interpreters built from a declared fallback because no origin of this site serves their
+    # pinned release: (tag, version) pairs, set by the fetch stage.
+    fallbacks: tuple[tuple[str, str], ...] = ()
+
+    def with_cpython(self, used: dict[str, str]) -> Target:
+        """This target building the given CPython release per interpreter tag."""
+        pinned = {t: self.spec.data.interpreters[t].cpython for t in self.interpreters}
+        return replace(self, fallbacks=tuple((t, v) for t, v in used.items() if v != pinned[t]))
+
+    def cpython_version(self, tag: str) -> str:
+        return dict(self.fallbacks).get(tag) or self.spec.data.interpreters[tag].cpython
+
+    @property
+    def substitutions(self) -> list[tuple[str, str, str]]:
+        """(tag, pinned release, release built instead) for each fallback in use."""
+        return [(t, self.spec.data.interpreters[t].cpython, v) for t, v in self.fallbacks]
 
     @property
     def image(self) -> Image:
@@ -118,14 +134,20 @@ class Target:
     def interpreter_builds(self) -> list[InterpreterBuild]:
         out = []
         for tag in self.interpreters:
-            interp = self.spec.data.interpreters[tag]
+            version = self.cpython_version(tag)
             out.append(
-                InterpreterBuild(tag, interp.cpython, interp.free_threaded, self.spec.data.cpython[interp.cpython].filename)
+                InterpreterBuild(tag, version, self.spec.data.interpreters[tag].free_threaded, self.spec.data.cpython[version].filename)
             )
         return out
 
     def source_pins(self) -> list[Pin]:
-        return cpython_pins(self.spec, self.interpreters)
+        versions = sorted({self.cpython_version(t) for t in self.interpreters})
+        return [cpython_pin(self.spec, v) for v in versions] + library_pins(self.spec, self.base.libraries)
+
+    def library_builds(self) -> list[dict[str, str]]:
+        """The from-source libraries of this base: name, version, source file."""
+        libs = self.spec.data.libraries
+        return [{"name": n, "version": libs[n].version, "filename": libs[n].filename, "sha256": libs[n].sha256} for n in self.base.libraries]
 
     @property
     def downloadable(self) -> dict[str, DownloadFile]:
@@ -148,6 +170,8 @@ class Target:
                 for tag, f in self.downloadable.items()
             },
             "frontend_python": f"/opt/python/{self.image.tools_interpreter}/bin/python",
+            "fallbacks": {tag: {"pinned": pinned, "built": built} for tag, pinned, built in self.substitutions},
+            "libraries": {b["name"]: b["version"] for b in self.library_builds()},
         }
 
 
@@ -238,7 +262,63 @@ def image_labels(target: Target) -> dict[str, str]:
     }
     if checkout["source"]:
         labels["org.opencontainers.image.source"] = checkout["source"]
+    if target.base.libraries:
+        labels["io.manyforge.libraries"] = ",".join(f"{b['name']}-{b['version']}" for b in target.library_builds())
+    if target.substitutions:
+        # Never silent: an interpreter older than images.yaml pins says so on the image itself.
+        labels["io.manyforge.cpython-fallbacks"] = ",".join(f"{t}={v} (pinned {p})" for t, p, v in target.substitutions)
     return labels
+
+
+def build_packages(target: Target) -> list[str]:
+    """The family's build-stage packages, with the development package of each library built
+    from source left out (so CPython can only find the built one) and what its build needs added."""
+    family = vars(family_layer(target.base.family))
+    replaced = {p for lib in target.base.libraries for p in family["library_packages"][lib]["replaces"]}
+    needed = [p for lib in target.base.libraries for p in family["library_packages"][lib]["needs"]]
+    packages = [p for p in family["build_packages"] if p not in replaced]
+    return packages + [p for p in dict.fromkeys(needed) if p not in packages]
+
+
+def toolchain_fixes(target: Target) -> list[str]:
+    """Arguments of fix-toolchain.sh for this image (none: the toolchain is right as installed)."""
+    fixes = []
+    if target.arch in target.base.march:
+        fixes += ["--march", target.base.march[target.arch]]
+    if target.toolchain.prefix:
+        fixes += ["--prefix", target.toolchain.prefix]
+    return fixes
+
+
+def repositories(target: Target) -> dict:
+    """What the family's setup_repositories macro needs to know."""
+    return {
+        "enable": list(target.base.repositories),
+        "mirror": target.base.mirror,
+        "arch": target.arch,
+        "repo_file": target.toolchain.repo_files.get(target.arch),  # type: ignore[call-overload]
+    }
+
+
+def declared_packages(target: Target) -> list[str]:
+    """Every distribution package the image's Dockerfile installs, in its stages' order."""
+    family = vars(family_layer(target.base.family))
+    packages = [*family["runtime_packages"], *target.base.packages, *target.toolchain.packages, *build_packages(target)]
+    return list(dict.fromkeys(packages))
+
+
+def write_packages_check(target: Target, dest: Path) -> Path:
+    """A build context that asks the base's repositories for every declared package."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    text = _environment().get_template("packages-check.j2").render(
+        family=target.base.family, base_ref=target.base_ref(), repositories=repositories(target),
+        packages=declared_packages(target),
+    )  # fmt: skip
+    (dest / "Dockerfile").write_text(text)
+    shutil.copytree(DOCKER_DIR / "scripts", dest / "scripts")
+    return dest
 
 
 def render_dockerfile(target: Target) -> str:
@@ -248,6 +328,12 @@ def render_dockerfile(target: Target) -> str:
         _environment()
         .get_template("Dockerfile.j2")
         .render(
+            substitutions=target.substitutions,
+            repositories=repositories(target),
+            toolchain_fixes=toolchain_fixes(target),
+            build_packages=build_packages(target),
+            libraries=target.library_builds(),
+            configure_build=configure_build(target.arch, target.image.libc.name),
             policy=target.image.policy,
             arch=target.arch,
             family=target.base.family,
@@ -321,9 +407,11 @@ def sbom_input(target: Target) -> dict:
         "toolchain": {"name": target.toolchain_name, "gcc": target.toolchain.gcc, "packages": list(target.toolchain.packages)},
         "cpython": [
             {"tag": b.tag, "version": b.version, "free_threaded": b.free_threaded, "filename": b.filename,
-             "sha256": spec.data.cpython[b.version].sha256, "url": spec.data.cpython[b.version].url}  # fmt: skip
+             "sha256": spec.data.cpython[b.version].sha256, "url": spec.data.cpython[b.version].url,
+             "pinned": spec.data.interpreters[b.tag].cpython}  # fmt: skip
             for b in target.interpreter_builds()
         ],
+        "libraries": target.library_builds(),
         "wheels": {
             "tools": [w.model_dump() for w in wheel_pins(spec, target.image, target.arch)],
             "frontend": {tag: [w.model_dump() for w in spec.frontend_pins(tag)] for tag in target.interpreters},

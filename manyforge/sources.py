@@ -61,14 +61,23 @@ class Pin:
     filename: str
     sha256: str
     url: str | None = None  # upstream address, when there is one
+    debian: str | None = None  # the same file in Debian's archive, relative to the mirror root
+
+
+def cpython_pin(spec: Spec, version: str) -> Pin:
+    source = spec.data.cpython[version]
+    return Pin(source.filename, source.sha256, source.url, debian_cpython_path(source.filename))
 
 
 def cpython_pins(spec: Spec, interpreters: Iterable[str] | None = None) -> list[Pin]:
+    """The pinned sources of some interpreters (their fallbacks aside)."""
     tags = interpreters if interpreters is not None else spec.data.interpreters
-    versions = sorted({spec.data.interpreters[t].cpython for t in tags})
-    return [
-        Pin(spec.data.cpython[v].filename, spec.data.cpython[v].sha256, spec.data.cpython[v].url) for v in versions
-    ]
+    return [cpython_pin(spec, v) for v in sorted({spec.data.interpreters[t].cpython for t in tags})]
+
+
+def library_pins(spec: Spec, names: Iterable[str]) -> list[Pin]:
+    libs = spec.data.libraries
+    return [Pin(libs[n].filename, libs[n].sha256, libs[n].url, libs[n].debian) for n in names]  # type: ignore[index]
 
 
 def wheel_pins(spec: Spec, image: Image, arch: str) -> list[LockedFile]:
@@ -82,7 +91,7 @@ def frontend_pins(spec: Spec, tags: Iterable[str]) -> list[LockedFile]:
 
 
 def all_pins(spec: Spec) -> list[Pin]:
-    pins = {p.filename: p for p in cpython_pins(spec)}
+    pins = {p.filename: p for p in [*(cpython_pin(spec, v) for v in spec.data.cpython), *library_pins(spec, spec.data.libraries)]}
     for files in [*spec.wheels.values(), *spec.frontend.values()]:
         for w in files:
             pins[w.filename] = Pin(w.filename, w.sha256)
@@ -243,23 +252,46 @@ def debian_mirror() -> str:
     return out.stdout.strip()
 
 
-def debian_orig_url(mirror: str, pin: Pin) -> str:
+def debian_cpython_path(filename: str) -> str:
     """Debian ships python.org's tarball unchanged as the orig tarball of python3.X."""
-    version = pin.filename.removeprefix("Python-").removesuffix(".tgz").removesuffix(".tar.xz")
+    version = filename.removeprefix("Python-").removesuffix(".tgz").removesuffix(".tar.xz")
     series = ".".join(version.split(".")[:2])
-    ext = "tar.gz" if pin.filename.endswith(".tgz") else "tar.xz"
-    return f"{mirror}/pool/main/p/python{series}/python{series}_{version}.orig.{ext}"
+    ext = "tar.gz" if filename.endswith(".tgz") else "tar.xz"
+    return f"pool/main/p/python{series}/python{series}_{version}.orig.{ext}"
 
 
-def seed_cpython_from_debian(cache: SourceCache, pins: Iterable[Pin]) -> list[str]:
+def seed_from_debian(cache: SourceCache, pins: Iterable[Pin]) -> list[str]:
+    """Fetch pinned files from Debian's archive (the host's apt mirror), checked by hash."""
     mirror = debian_mirror()
     accepted = []
     for pin in pins:
         if cache.valid(pin):
             continue
-        cache.fetch_url(pin, debian_orig_url(mirror, pin))
+        if pin.debian is None:
+            raise SourceError(f"{pin.filename}: not in Debian's archive")
+        cache.fetch_url(pin, f"{mirror}/{pin.debian}")
         accepted.append(pin.filename)
     return accepted
+
+
+def fetch_pin(cache: SourceCache, pin: Pin, origin: str, say=print) -> None:
+    """Fetch one pinned file from its origins in turn ("auto": upstream, then Debian)."""
+    errors = []
+    for kind in ("upstream", "debian") if origin == "auto" else (origin,):
+        if (pin.url if kind == "upstream" else pin.debian) is None:
+            errors.append(f"{kind}: no address")
+            continue
+        try:
+            say(f"fetching {pin.filename} from {kind}")
+            if kind == "upstream":
+                assert pin.url is not None
+                cache.fetch_url(pin, pin.url)
+            else:
+                seed_from_debian(cache, [pin])
+            return
+        except (SourceError, urllib.error.URLError, OSError) as exc:
+            errors.append(f"{kind}: {exc}")
+    raise SourceError(f"{pin.filename} could not be fetched:\n  " + "\n  ".join(errors))
 
 
 # --- wheels: lock and fetch through pip, which keeps its own index configuration --------------

@@ -75,9 +75,40 @@ class CPythonSource(_Model):
         return self.url.rsplit("/", 1)[1]
 
 
+HttpsUrl = Annotated[str, StringConstraints(strict=True, max_length=500, pattern=r"^https://[^\s'\"\\]+/[A-Za-z0-9._+-]+$")]
+# A file of Debian's archive, relative to the mirror root (the mirror comes from the host's apt sources).
+DebianPoolPath = Annotated[
+    str, StringConstraints(strict=True, pattern=r"^pool/main/[a-z0-9]+/[a-z0-9][a-z0-9.+-]*/[A-Za-z0-9][A-Za-z0-9._+~-]*\.tar\.(gz|xz|bz2)$")
+]
+# The libraries docker/scripts/build-library.sh knows how to build.
+LibraryName = Literal["openssl", "sqlite", "zstd"]
+
+
+class LibrarySource(_Model):
+    """A library built from source for the interpreters of bases that lack a recent enough one."""
+
+    version: Version
+    sha256: Sha256
+    url: HttpsUrl | None = None  # the upstream file, where there is one
+    debian: DebianPoolPath | None = None  # the same bytes (or Debian's orig) in Debian's archive
+
+    @model_validator(mode="after")
+    def _has_origin(self) -> LibrarySource:
+        if self.url is None and self.debian is None:
+            raise ValueError("give 'url' (upstream) or 'debian' (a pool/main/... path), or both")
+        return self
+
+    @property
+    def filename(self) -> str:
+        return (self.url or self.debian or "").rsplit("/", 1)[1]
+
+
 class Interpreter(_Model):
     cpython: Version
     free_threaded: StrictBool = False
+    # Older pinned releases of the same minor a site may build instead when none of its origins
+    # serves `cpython`: declared in the build output, the image's labels and its manifest.
+    fallback: tuple[Version, ...] = ()
 
 
 class DownloadFile(_Model):
@@ -112,6 +143,15 @@ class Base(_Model):
     archs: tuple[Arch, ...] = Field(min_length=1)
     # Runtime packages whose names differ between releases of the family (libffi8 or libffi7).
     packages: tuple[Name, ...] = ()
+    # Libraries the release lacks in a version the interpreters need: built from `libraries`.
+    libraries: tuple[LibraryName, ...] = ()
+    # Repositories to enable before installing (e.g. CodeReady Builder, which has gdbm-devel).
+    repositories: tuple[Name, ...] = ()
+    # Where the release's packages live when its own mirrors are gone (CentOS 7: the vault).
+    mirror: Annotated[str, StringConstraints(strict=True, max_length=300, pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~-]+)*$")] | None = None
+    # The -march its compilers must default to when the release's own default is newer than
+    # the policy's baseline (EL9 builds for x86-64-v2): a wrapper adds it unless one is given.
+    march: dict[Arch, Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]] = {}
 
     @model_validator(mode="after")
     def _one_source(self) -> Base:
@@ -127,6 +167,9 @@ class Toolchain(_Model):
     # apt family: Debian's cross compiler of the same GCC (package `<cross>-<gnu triplet>`). It
     # runs on the build host's CPU inside emulated builds, where QEMU would run the compiler.
     cross: Name | None = None
+    # Per arch, a repository definition (.repo file) to add before installing `packages`, for
+    # arches the distribution's own collections never built the toolchain for.
+    repo_files: dict[Arch, HttpsUrl] = {}
 
 
 class Libc(_Model):
@@ -153,6 +196,7 @@ class Image(_Model):
 class SpecFile(_Model):
     org: RefName
     cpython: dict[Version, CPythonSource]
+    libraries: dict[LibraryName, LibrarySource] = {}
     interpreters: dict[Annotated[str, StringConstraints(pattern=r"^cp3\d+-cp3\d+t?$")], Interpreter]
     frontend: dict[Name, Specifier] = Field(min_length=1)
     downloadable: dict[InterpreterTag, Downloadable] = {}
@@ -442,6 +486,19 @@ def _cross_check(
                 f"{f}: interpreters.{tag}: tag does not match CPython {interp.cpython}"
                 f"{' (free-threaded)' if interp.free_threaded else ''}"
             )
+        for i, older in enumerate(interp.fallback):
+            at = f"{f}: interpreters.{tag}.fallback[{i}]"
+            if older not in spec.cpython:
+                problems.append(f"{at}: no pinned source for CPython {older}; pinned: {', '.join(spec.cpython)}")
+            elif older.split(".")[:2] != interp.cpython.split(".")[:2] or Version_(older) >= Version_(interp.cpython):
+                problems.append(f"{at}: {older} is not an older release of CPython {'.'.join(interp.cpython.split('.')[:2])}")
+    for base_name, declared in spec.bases.items():
+        for i, lib in enumerate(declared.libraries):
+            if lib not in spec.libraries:
+                problems.append(
+                    f"{f}: bases.{base_name}.libraries[{i}]: {lib!r} has no pinned source under libraries; "
+                    f"pinned: {', '.join(spec.libraries) or 'none'}"
+                )
     for version, source in spec.cpython.items():
         if source.filename.removeprefix("Python-").split(".t")[0] != version:
             problems.append(f"{f}: cpython.{version}.url: names {source.filename}, not CPython {version}")

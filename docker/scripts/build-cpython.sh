@@ -11,23 +11,12 @@ shift 2
 
 step() { echo "manyforge: $(basename "$prefix"): $*"; }
 
-# Emulated builds get the build host's cross compiler of the same GCC at /cross
-# (MANYFORGE_CROSS=host-triplet:target-triplet:gcc-version). Linked into PATH under the plain
-# names, it is what configure records, so the installed sysconfig still says `gcc`.
-if [[ -n ${MANYFORGE_CROSS:-} ]]; then
-    IFS=: read -r host target gcc_version <<< "$MANYFORGE_CROSS"
-    mkdir -p /lib64 /opt/cross-bin
-    ln -sf "/cross/usr/lib/$host/ld-linux-x86-64.so.2" /lib64/ld-linux-x86-64.so.2
-    for tool in gcc cpp; do
-        ln -sf "/cross/usr/bin/$target-$tool-$gcc_version" "/opt/cross-bin/$tool"
-    done
-    ln -sf "/cross/usr/bin/$target-gcc-$gcc_version" /opt/cross-bin/cc
-    for tool in ar ranlib as ld nm strip objcopy readelf; do
-        ln -sf "/cross/usr/bin/$target-$tool" "/opt/cross-bin/$tool"
-    done
-    export PATH="/opt/cross-bin:$PATH" LD_LIBRARY_PATH="/cross/usr/lib/$host"
-    step "compiling with the build host's $target-gcc-$gcc_version"
-fi
+# shellcheck source=docker/scripts/cross-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cross-env.sh"
+
+# Libraries built from source for this base (build-library.sh) are in /usr/local; not every
+# release's pkg-config looks there by itself.
+export PKG_CONFIG_PATH=/usr/local/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -61,4 +50,20 @@ find "$libdir" -depth -type d \( -name test -o -name tests -o -name idle_test \)
 find "$prefix" -type f \( -name '*.so' -o -path "$prefix/bin/*" \) -print0 | xargs -0 file \
     | grep ': *ELF' | cut -d: -f1 | xargs -r strip --strip-unneeded
 
-"$prefix/bin/python3" -c 'import ssl, sqlite3, ctypes, zlib, bz2, lzma, readline, uuid, sys; print(sys.version)'
+# A module whose library configure did not find is silently left out: fail here instead.
+"$prefix/bin/python3" - <<'CHECK'
+import importlib, sys
+wanted = ["ssl", "sqlite3", "ctypes", "zlib", "bz2", "lzma", "readline", "uuid", "curses", "dbm.gnu", "decimal", "_tkinter"]
+if sys.version_info >= (3, 14):
+    wanted.append("compression.zstd")
+missing = []
+for name in wanted:
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        missing.append(f"{name} ({exc})")
+if missing:
+    sys.exit("manyforge: modules missing from this build: " + ", ".join(missing))
+import ssl, sqlite3
+print(sys.version.split()[0], ssl.OPENSSL_VERSION, "SQLite", sqlite3.sqlite_version)
+CHECK

@@ -97,7 +97,18 @@ def main(input_path: str, output_path: str) -> int:
                 hashes=[HashType(alg=HashAlgorithm.SHA_256, content=cpython["sha256"])],
                 external_references=[ExternalReference(type=ExternalReferenceType.DISTRIBUTION, url=XsUri(cpython["url"]))],
                 properties=[prop("interpreter", cpython["tag"]), prop("source-file", cpython["filename"]),
-                            prop("free-threaded", str(cpython["free_threaded"]).lower()), prop("built-from-source", "true")],
+                            prop("free-threaded", str(cpython["free_threaded"]).lower()), prop("built-from-source", "true"),
+                            *([prop("fallback-for", cpython["pinned"])] if cpython["pinned"] != cpython["version"] else [])],
+            )  # fmt: skip
+        )
+    # Libraries built from source and linked statically into the interpreters' modules.
+    for lib in data.get("libraries", []):
+        bom.components.add(
+            Component(
+                type=ComponentType.LIBRARY, name=lib["name"], version=lib["version"], bom_ref=f"library:{lib['name']}",
+                purl=PackageURL(type="generic", name=lib["name"], version=lib["version"]),
+                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=lib["sha256"])],
+                properties=[prop("source-file", lib["filename"]), prop("built-from-source", "true"), prop("linked", "static")],
             )  # fmt: skip
         )
     for entry in data["wheels"]["tools"]:

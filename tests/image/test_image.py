@@ -11,7 +11,7 @@ import shlex
 
 import pytest
 
-from manyforge.arches import ARCHES
+from manyforge.arches import ARCHES, python_multiarch
 
 pytestmark = pytest.mark.image
 
@@ -80,12 +80,7 @@ def test_interpreter_runs_with_its_tag_and_suffix(host, built_image, interpreter
     abi = f"{major}{minor}{'t' if interpreter.endswith('t') else ''}"
     libc = built_image.target.image.libc.name
     arch = built_image.target.arch
-    if libc == "glibc":
-        expected = f".cpython-{abi}-{ARCHES[arch].multiarch}.so"
-    else:
-        # musl: CPython names its modules *-linux-gnu before 3.11 and *-linux-musl from 3.11.
-        expected = f".cpython-{abi}-{arch}-linux-{'musl' if (major, minor) >= (3, 11) else 'gnu'}.so"
-    assert info["suffix"] == expected
+    assert info["suffix"] == f".cpython-{abi}-{python_multiarch(arch, libc, (major, minor))}.so"
     assert run(host, f"python{major}.{minor} -c 'import sys; print(sys.prefix)'")
 
 

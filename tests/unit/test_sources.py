@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from manyforge.sources import Pin, SourceCache, SourceError, debian_orig_url, platform_tags
+from manyforge.sources import Pin, SourceCache, SourceError, debian_cpython_path, platform_tags
 
 DATA = b"pinned bytes\n" * 1000
 PIN = Pin("Python-3.99.0.tar.xz", hashlib.sha256(DATA).hexdigest())
@@ -119,12 +119,9 @@ def test_mirror_serving_wrong_bytes_is_refused(tmp_path, http_root):
     assert cache.seed_mirror(url, [PIN]) == []
 
 
-def test_debian_orig_url_matches_the_archive_layout():
-    assert (
-        debian_orig_url("http://mirror.example/debian", Pin("Python-3.11.2.tgz", "0" * 64))
-        == "http://mirror.example/debian/pool/main/p/python3.11/python3.11_3.11.2.orig.tar.gz"
-    )
-    assert debian_orig_url("m", Pin("Python-3.13.5.tar.xz", "0" * 64)).endswith("python3.13/python3.13_3.13.5.orig.tar.xz")
+def test_debian_cpython_path_matches_the_archive_layout():
+    assert debian_cpython_path("Python-3.11.2.tgz") == "pool/main/p/python3.11/python3.11_3.11.2.orig.tar.gz"
+    assert debian_cpython_path("Python-3.13.5.tar.xz") == "pool/main/p/python3.13/python3.13_3.13.5.orig.tar.xz"
 
 
 def test_platform_tags_cover_older_policies():

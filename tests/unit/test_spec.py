@@ -90,13 +90,13 @@ def test_duplicate_image_is_reported_with_lines(tmp_path):
 
 
 def test_missing_cpython_pin(tmp_path):
-    problems = problems_of(tmp_path, mutated(lambda d: d["cpython"]["3.13.5"].pop("sha256")))
-    assert problems == ["images.yaml: cpython.3.13.5.sha256: required key is missing"]
+    problems = problems_of(tmp_path, mutated(lambda d: d["cpython"]["3.13.15"].pop("sha256")))
+    assert problems == ["images.yaml: cpython.3.13.15.sha256: required key is missing"]
 
 
 def test_interpreter_without_pinned_source(tmp_path):
-    problems = problems_of(tmp_path, mutated(lambda d: d["cpython"].pop("3.9.2")))
-    assert problems[0].startswith("images.yaml: interpreters.cp39-cp39.cpython: no pinned source for CPython 3.9.2")
+    problems = problems_of(tmp_path, mutated(lambda d: d["cpython"].pop("3.9.25")))
+    assert problems[0].startswith("images.yaml: interpreters.cp39-cp39.cpython: no pinned source for CPython 3.9.25")
 
 
 def test_tool_without_lock_entry(tmp_path):

