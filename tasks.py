@@ -259,19 +259,26 @@ def matrix(c, spec=None, images=False):
 @task(
     help={
         "image": "image of images.yaml (default: the one this machine builds)",
-        "arch": "architecture (default: x86_64)",
+        "arch": "comma-separated architectures, the native one first (default: x86_64 and every emulated arch of the image)",
         "python": "comma-separated interpreter tags (default: all of the image)",
         "spec": SPEC_HELP,
     }
 )
 @_guard
-def benchmark(c, image=None, arch="x86_64", python=None, spec=None):
-    """Print cold build time, unchanged-rebuild time and image size of one image×arch."""
+def benchmark(c, image=None, arch=None, python=None, spec=None):
+    """Build like a release from an empty build cache (native arch cold, then each emulated arch
+    right after), rebuild each unchanged, and print times, sizes and emulated/native ratios."""
     s = _spec(spec)
-    target = pipeline.targets_for(s, _image(s, image), arch, interpreters=_list(python, "python"))[0]
-    figures = pipeline.benchmark(s, SourceCache(), target)
-    for key, value in figures.items():
-        print(f"{target.slug} {key}: {value}")
+    name = _image(s, image)
+    arches = _list(arch, "arch") or ["x86_64"] + [a for a in s.image(name).archs if a not in ("x86_64", "i686")]
+    targets = [pipeline.targets_for(s, name, a, interpreters=_list(python, "python"))[0] for a in arches]
+    for entry in pipeline.benchmark(s, SourceCache(), targets):
+        print(
+            f"{entry['target']}: {entry['interpreters']} interpreters, build {entry['build_s']} s "
+            f"({entry['ratio_to_native']}x native), unchanged rebuild {entry['unchanged_rebuild_s']} s "
+            f"({entry['rebuild_percent_of_build']}% of the build), image {entry['image_size_mb']} MB",
+            flush=True,
+        )
 
 
 @task(

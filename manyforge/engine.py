@@ -185,6 +185,11 @@ def build(target: Target, context: Path, log_dir: Path, no_cache: bool = False) 
     return BuildResult(image.id, tags, seconds, log, target)
 
 
+def prune_build_cache() -> None:
+    """Empty BuildKit's cache (images in the engine's store, such as bootstrapped bases, stay)."""
+    _tool(["docker", "buildx", "prune", "--all", "--force"], "buildx prune")
+
+
 def probe_build(context: Path, platform: str) -> tuple[int, str]:
     """Build a context only for what its steps print (nothing is kept): exit status and output."""
     proc = subprocess.run(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-from manyforge.arches import ARCHES, NATIVE_ARCH, RUNS_NATIVELY, configure_build
+from manyforge.arches import ARCHES, NATIVE_ARCH, RUNS_NATIVELY, configure_build, python_multiarch
 from manyforge.sources import Pin, SourceCache, cpython_pin, library_pins, stage_files, wheel_pins
 from manyforge.spec import REPO_ROOT, Base, DownloadFile, Image, LockedFile, Spec, SpecError, Toolchain
 
@@ -121,8 +121,13 @@ class Target:
 
     @property
     def cross_compiles(self) -> bool:
-        """Emulated targets whose toolchain has a native cross compiler build CPython with it."""
-        return self.arch not in RUNS_NATIVELY and self.toolchain.cross is not None and self.base.family == "apt"
+        """Emulated targets build CPython and its libraries in stages that run on the build
+        host's CPU, next to the same image's own native build (see Dockerfile.j2)."""
+        return self.arch not in RUNS_NATIVELY and NATIVE_ARCH in self.image.archs and NATIVE_ARCH in self.base.archs
+
+    def native(self) -> Target:
+        """The same image, variant and interpreters for the build host's architecture."""
+        return replace(self, arch=NATIVE_ARCH)
 
     @property
     def bootstrap_arches(self) -> list[str]:
@@ -321,46 +326,73 @@ def write_packages_check(target: Target, dest: Path) -> Path:
     return dest
 
 
-def render_dockerfile(target: Target) -> str:
+def stage_context(target: Target) -> dict:
+    """What the template's stage macros need of one image×arch."""
     builds = target.interpreter_builds()
+    return {
+        "policy": target.image.policy,
+        "arch": target.arch,
+        "platform": target.platform,
+        "family": target.base.family,
+        "base_name": target.base_name,
+        "base_ref": target.base_ref(),
+        "base_packages": list(target.base.packages),
+        "toolchain_name": target.toolchain_name,
+        "toolchain": target.toolchain,
+        "repositories": repositories(target),
+        "toolchain_fixes": toolchain_fixes(target),
+        "build_packages": build_packages(target),
+        "libraries": target.library_builds(),
+        "configure_build": configure_build(target.arch, target.image.libc.name),
+        "interpreters": builds,
+        "tools_interpreter": next(b for b in builds if b.tag == target.image.tools_interpreter),
+    }
+
+
+def cross_compiler(target: Target) -> dict:
+    """How the cross stages compile for the target.
+
+    The compiler: the toolchain's own GCC as Debian's cross compiler where it names one
+    (`cross`), else the family's clang with --target (and the toolset's GCC installation for
+    the runtime). The target's headers and libraries: where the family can install them
+    multiarch next to the host's (Debian), in the cross stage itself, with no QEMU at all;
+    else the target's own build stage, mounted as sysroot."""
+    family = vars(family_layer(target.base.family))
+    libc = target.image.libc.name
+    gnu = ARCHES[target.arch].gnu_triplet
+    host = python_multiarch(target.arch, libc, (3, 99)) if libc == "musl" else gnu
+    multiarch = bool(family.get("cross_multiarch"))
+    out: dict = {"host": host, "sysroot_stage": not multiarch, "setup": None, "packages": []}
+    if multiarch:
+        arch = ARCHES[target.arch].debian
+        out["setup"] = f"dpkg --add-architecture {arch}"
+        out["packages"] = [f"{p}:{arch}" for p in ["libc6-dev", *build_packages(target)]]
+    if target.toolchain.cross:
+        version = target.toolchain.cross.rsplit("-", 1)[-1]
+        out["packages"] = [f"{target.toolchain.cross}-{gnu}", f"g++-{version}-{gnu}", *out["packages"]]
+        return {**out, "cc": f"{gnu}-gcc-{version}", "cxx": f"{gnu}-g++-{version}", "tools": f"{gnu}-"}
+    clang = family["cross_clang"]
+    flags = f"--target={host} -fuse-ld=lld" + (f" --gcc-toolchain=/sysroot{target.toolchain.prefix}" if target.toolchain.prefix else "")
+    out["packages"] = [*clang["packages"], *out["packages"]]
+    return {**out, "cc": f"{clang['bindir']}/clang {flags}", "cxx": f"{clang['bindir']}/clang++ {flags}", "tools": f"{clang['bindir']}/llvm-"}
+
+
+def render_dockerfile(target: Target) -> str:
     bits = ARCHES[target.arch].bits
+    cross = target.cross_compiles
     return (
         _environment()
         .get_template("Dockerfile.j2")
         .render(
+            t=stage_context(target),
+            native=stage_context(target.native()) if cross else None,
+            cross=cross_compiler(target) if cross else None,
             substitutions=target.substitutions,
-            repositories=repositories(target),
-            toolchain_fixes=toolchain_fixes(target),
-            build_packages=build_packages(target),
-            libraries=target.library_builds(),
-            configure_build=configure_build(target.arch, target.image.libc.name),
-            policy=target.image.policy,
-            arch=target.arch,
-            family=target.base.family,
-            base_name=target.base_name,
-            base_ref=target.base_ref(),
-            base_packages=list(target.base.packages),
             labels=image_labels(target),
             downloadable=list(target.downloadable),
             # 32-bit images on a 64-bit host: whatever way a user enters (docker exec skips the
             # entrypoint's linux32), Python names the image's own platform in wheel tags.
             host_platform=f"linux-{target.arch}" if bits == 32 else None,
-            toolchain_name=target.toolchain_name,
-            toolchain=target.toolchain,
-            interpreters=builds,
-            tools_interpreter=next(b for b in builds if b.tag == target.image.tools_interpreter),
-            cross=(
-                {
-                    "base_ref": target.base_ref(NATIVE_ARCH),
-                    "platform": ARCHES[NATIVE_ARCH].platform,
-                    "package": f"{target.toolchain.cross}-{ARCHES[target.arch].gnu_triplet}",
-                    "triplet": ARCHES[target.arch].gnu_triplet,
-                    "host_triplet": ARCHES[NATIVE_ARCH].gnu_triplet,
-                    "version": (target.toolchain.cross or "").rsplit("-", 1)[-1],
-                }
-                if target.cross_compiles
-                else None
-            ),
         )
     )
 

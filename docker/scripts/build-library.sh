@@ -23,9 +23,23 @@ jobs=$(nproc)
 
 case $name in
     openssl)
-        # `config` guesses the target from uname, which is the image's own under linux32/QEMU.
+        # `config` guesses the target from uname (the image's own under linux32 or QEMU); a
+        # cross build names it.
+        configure=(./config)
+        if [[ -n ${MANYFORGE_CROSS:-} ]]; then
+            case $MANYFORGE_CROSS in
+                x86_64-*) configure=(./Configure linux-x86_64) ;;
+                i?86-*) configure=(./Configure linux-elf) ;;
+                aarch64-*) configure=(./Configure linux-aarch64) ;;
+                powerpc64le-*) configure=(./Configure linux-ppc64le) ;;
+                s390x-*) configure=(./Configure linux64-s390x) ;;
+                arm*) configure=(./Configure linux-armv4) ;;
+                riscv64-*) configure=(./Configure linux64-riscv64) ;;
+                *) echo "build-library.sh: no OpenSSL target for $MANYFORGE_CROSS" >&2; exit 2 ;;
+            esac
+        fi
         step "configure (openssldir ${OPENSSLDIR:?})"
-        ./config --prefix=/usr/local --libdir=lib --openssldir="$OPENSSLDIR" \
+        "${configure[@]}" --prefix=/usr/local --libdir=lib --openssldir="$OPENSSLDIR" \
             no-shared no-tests no-docs -fPIC >/dev/null
         step "make -j$jobs"
         make -j"$jobs" build_libs >/dev/null
@@ -38,14 +52,14 @@ case $name in
         CFLAGS="$CFLAGS -DSQLITE_ENABLE_FTS3 -DSQLITE_ENABLE_FTS3_PARENTHESIS -DSQLITE_ENABLE_FTS4 \
 -DSQLITE_ENABLE_FTS5 -DSQLITE_ENABLE_RTREE -DSQLITE_ENABLE_COLUMN_METADATA -DSQLITE_ENABLE_MATH_FUNCTIONS \
 -DSQLITE_ENABLE_DBSTAT_VTAB -DSQLITE_SECURE_DELETE -DSQLITE_MAX_VARIABLE_NUMBER=250000" \
-            ./configure --prefix=/usr/local --disable-shared --enable-static --disable-tcl >/dev/null
+            ./configure --prefix=/usr/local --disable-shared --enable-static --disable-tcl ${cross_configure_args[@]+"${cross_configure_args[@]}"} >/dev/null
         step "make -j$jobs"
         make -j"$jobs" libsqlite3.a >/dev/null
         make DESTDIR="$dest" install-headers install-lib install-pc >/dev/null 2>&1 || make DESTDIR="$dest" install >/dev/null
         ;;
     zstd)
         step "make -j$jobs"
-        make -C lib -j"$jobs" libzstd.a libzstd.pc PREFIX=/usr/local >/dev/null
+        make -C lib -j"$jobs" libzstd.a libzstd.pc PREFIX=/usr/local CC="${CC:-cc}" AR="${AR:-ar}" >/dev/null
         make -C lib DESTDIR="$dest" PREFIX=/usr/local install-static install-includes install-pc >/dev/null
         ;;
     *)

@@ -1,19 +1,48 @@
 # shellcheck shell=bash
-# Sourced by the from-source build scripts. Emulated builds get the build host's cross compiler
-# of the same GCC at /cross (MANYFORGE_CROSS=host-triplet:target-triplet:gcc-version). Linked
-# into PATH under the plain names, it is what configure records, so the installed sysconfig
-# still says `gcc`.
+# Sourced by the from-source build scripts. In a cross stage (a stage that runs on the build
+# host's CPU, MANYFORGE_CROSS=<target triplet>) the target's libraries and headers are in
+# MANYFORGE_CROSS_SYSROOT (the target's own build stage mounted at /sysroot, or / where the
+# family installs them multiarch) and a native interpreter of the same version is at
+# /opt/_internal/build-python. The target's
+# compilers, MANYFORGE_CROSS_CC / _CXX (Debian's cross gcc, or clang with --target), are put
+# on PATH as plain `gcc` and `g++`, and its binutils (prefix MANYFORGE_CROSS_TOOLS) as `ar`,
+# `strip`, ...: configure records those names, so the installed sysconfig says `gcc` like a
+# native build's. `cc` stays the build host's compiler, for tools a build runs on the host.
+# shellcheck disable=SC2034 # read by the scripts that source this file
+cross_configure_args=()
 if [[ -n ${MANYFORGE_CROSS:-} ]]; then
-    IFS=: read -r host target gcc_version <<< "$MANYFORGE_CROSS"
-    mkdir -p /lib64 /opt/cross-bin
-    ln -sf "/cross/usr/lib/$host/ld-linux-x86-64.so.2" /lib64/ld-linux-x86-64.so.2
-    for tool in gcc cpp; do
-        ln -sf "/cross/usr/bin/$target-$tool-$gcc_version" "/opt/cross-bin/$tool"
+    native_triplet=$(cc -dumpmachine)
+    export CC_FOR_BUILD=cc
+    mkdir -p /opt/cross-bin
+    sysroot=${MANYFORGE_CROSS_SYSROOT:-/}
+    for pair in "gcc=${MANYFORGE_CROSS_CC:?}" "g++=${MANYFORGE_CROSS_CXX:?}" "cpp=${MANYFORGE_CROSS_CC} -E"; do
+        name=${pair%%=*} real=${pair#*=}
+        if [[ $sysroot == / ]]; then
+            printf '#!/bin/sh\nexec %s "$@"\n' "$real" > "/opt/cross-bin/$name"
+        else
+            printf '#!/bin/sh\nexec %s --sysroot=%s "$@"\n' "$real" "$sysroot" > "/opt/cross-bin/$name"
+        fi
+        chmod 0755 "/opt/cross-bin/$name"
     done
-    ln -sf "/cross/usr/bin/$target-gcc-$gcc_version" /opt/cross-bin/cc
-    for tool in ar ranlib as ld nm strip objcopy readelf; do
-        ln -sf "/cross/usr/bin/$target-$tool" "/opt/cross-bin/$tool"
+    for tool in ar ranlib nm strip objcopy objdump readelf; do
+        ln -sf "$(command -v "${MANYFORGE_CROSS_TOOLS:?}$tool")" "/opt/cross-bin/$tool"
     done
-    export PATH="/opt/cross-bin:$PATH" LD_LIBRARY_PATH="/cross/usr/lib/$host"
-    echo "manyforge: compiling with the build host's $target-gcc-$gcc_version"
+    # What configure cannot find out without running target code.
+    printf '%s\n' ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no ac_cv_buggy_getaddrinfo=no > /opt/cross-bin/config.site
+    export CONFIG_SITE=/opt/cross-bin/config.site
+    export PATH="/opt/cross-bin:/opt/_internal/build-python/bin:$PATH"
+    export CC=gcc CXX=g++ AR=ar RANLIB=ranlib STRIP=strip READELF=readelf
+    # The target's .pc files only: in the sysroot (their paths seen through it), or, with a
+    # multiarch root (sysroot /), in the target's own library directory.
+    multiarch=$(gcc -print-multiarch 2>/dev/null || true)
+    root=${sysroot%/}
+    if [[ -n $root ]]; then
+        export PKG_CONFIG_SYSROOT_DIR=$root
+        export PKG_CONFIG_LIBDIR=$root/usr/local/lib/pkgconfig:$root/usr/lib/${multiarch:-none}/pkgconfig:$root/usr/lib64/pkgconfig:$root/usr/lib/pkgconfig:$root/usr/share/pkgconfig
+    else
+        export PKG_CONFIG_LIBDIR=/usr/local/lib/pkgconfig:/usr/lib/${multiarch:?}/pkgconfig:/usr/share/pkgconfig
+    fi
+    # shellcheck disable=SC2034
+    cross_configure_args=(--build="$native_triplet" --host="$MANYFORGE_CROSS")
+    echo "manyforge: cross-compiling for $MANYFORGE_CROSS on $native_triplet with ${MANYFORGE_CROSS_CC}"
 fi

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from manyforge.arches import ARCHES
 from manyforge.render import render_dockerfile, resolve_target
 from manyforge.spec import load_spec
 
@@ -77,17 +78,18 @@ def test_stage_layout(target):
     builds = target.interpreter_builds()
     # One stage per interpreter, each built from its own pinned tarball.
     for b in builds:
-        assert f"sources/{b.filename}" in parts[b.stage]
-        assert ("--disable-gil" in parts[b.stage]) == b.free_threaded
+        compiled = parts.get(f"cross_{b.stage}", parts[b.stage])
+        assert f"sources/{b.filename}" in compiled
+        assert ("--disable-gil" in compiled) == b.free_threaded
         assert f"COPY --from={b.stage} {b.prefix} {b.prefix}" in parts["final"]
     assert parts["final"].startswith("FROM runtime AS final")
     # The family's build-only packages are installed in the build stage and nowhere else.
     build_pkgs = re.findall(r"\b[\w.+-]+-(?:dev|devel)\b", parts["build"])
     assert build_pkgs
     for stage, body in parts.items():
-        if stage != "build":
+        if stage not in ("build", "native_build", "cross"):  # the stages that compile
             assert not set(build_pkgs) & set(re.findall(r"\b[\w.+-]+-(?:dev|devel)\b", body)), stage
-    assert f"AUDITWHEEL_PLAT={target.image.policy}_{target.arch}" in parts["runtime"]
+    assert f"AUDITWHEEL_PLAT={target.image.policy}_{target.arch}" in parts["final"]
     for package in target.toolchain.packages:
         assert package in parts["runtime"]
     assert target.base_ref() in text.splitlines()[text.splitlines().index(parts["runtime"].splitlines()[0])]
@@ -100,7 +102,8 @@ def test_every_interpreter_gets_its_frontend_in_its_own_layer():
             body = parts[b.stage]
             assert f"source=frontend/{b.tag},target=/build/frontend" in body
             # compile first, frontend after: a frontend bump keeps CPython's layer
-            assert body.index("build-cpython.sh /build/") < body.index("install-frontend.sh " + b.prefix)
+            compiled = f"COPY --from=cross_{b.stage} " if target.cross_compiles else "build-cpython.sh /build/"
+            assert body.index(compiled) < body.index("install-frontend.sh " + b.prefix)
         for tag in target.downloadable:
             assert f"COPY frontend/{tag} /opt/_internal/frontend/{tag}" in parts["final"]
 
@@ -138,16 +141,41 @@ def test_render_task_writes_the_file(tmp_path):
     assert "AUDITWHEEL_PLAT=musllinux_1_2_aarch64" in text
 
 
-def test_emulated_apt_builds_compile_with_the_hosts_cross_compiler():
-    s390x = render_dockerfile(resolve_target(SPEC, "manylinux_2_36", "s390x"))
-    parts = stages(s390x)
-    assert "gcc-12-s390x-linux-gnu" in parts["cross"]
-    assert "FROM --platform=linux/amd64 manyforge/base-debian12-x86_64:bookworm AS cross" in s390x
-    for name, body in parts.items():
-        if name.startswith("cpython_"):
-            assert "--mount=type=bind,from=cross,target=/cross" in body
-            assert "MANYFORGE_CROSS=x86_64-linux-gnu:s390x-linux-gnu:12" in body
-    # Native and 32-bit x86 builds need no QEMU, and other families have no cross compiler here.
-    for image, arch in [("manylinux_2_36", "x86_64"), ("manylinux_2_36", "i686"), ("manylinux_2_34", "s390x")]:
+def native_chain(text: str) -> str:
+    """The native_* stages of an emulated target's Dockerfile, written as the native image's."""
+    chain = text[text.index("# --- native_runtime"):text.index("# --- cross:")]
+    return chain.replace("native_", "").replace("--platform=linux/amd64 ", "")
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.cross_compiles], ids=lambda t: t.slug)
+def test_emulated_targets_cross_compile_on_the_build_host(target):
+    text = render_dockerfile(target)
+    parts = stages(text)
+    # The native build's own stages, verbatim: a release's native build has cached them.
+    native = render_dockerfile(target.native())
+    assert native_chain(text) == native[native.index("# --- runtime"):native.index("# --- tools")]
+    assert parts["cross"].startswith("FROM native_build AS cross")
+    for b in target.interpreter_builds():
+        cross = parts[f"cross_{b.stage}"]
+        assert f"from=native_{b.stage},source={b.prefix},target=/opt/_internal/build-python" in cross
+        assert "MANYFORGE_CROSS=" in cross
+        # The target's headers and libraries: the target's build stage as sysroot, or (Debian)
+        # installed multiarch in the cross stage itself, so no emulated stage comes first.
+        if target.base.family == "apt":
+            assert "MANYFORGE_CROSS_SYSROOT=/ " in cross and f"libc6-dev:{ARCHES[target.arch].debian}" in parts["cross"]
+        else:
+            assert "target=/sysroot" in cross and "MANYFORGE_CROSS_SYSROOT=/sysroot " in cross
+        # The target's own (emulated) stage only copies the result in and checks it.
+        assert "build-cpython.sh" not in parts[b.stage]
+        assert f"COPY --from=cross_{b.stage} {b.prefix} {b.prefix}" in parts[b.stage]
+    for lib in target.library_builds():
+        assert parts[f"lib_{lib['name']}"].startswith("FROM cross AS ")
+    compiler = "gcc-12-s390x-linux-gnu" if target.toolchain.cross else "clang"
+    if target.arch == "s390x":
+        assert compiler in parts["cross"]
+
+
+def test_native_builds_have_no_cross_stages():
+    for image, arch in [("manylinux_2_36", "x86_64"), ("manylinux_2_36", "i686"), ("manylinux2014", "i686")]:
         text = render_dockerfile(resolve_target(SPEC, image, arch))
-        assert "AS cross" not in text and "MANYFORGE_CROSS" not in text, (image, arch)
+        assert "AS cross" not in text and "MANYFORGE_CROSS" not in text and "native_" not in text, (image, arch)
