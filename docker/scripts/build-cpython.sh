@@ -24,12 +24,13 @@ tar -xf "$tarball" -C "$work" --strip-components=1
 cd "$work"
 
 configure_args=(--prefix="$prefix" --with-ensurepip=no --enable-ipv6 ${cross_configure_args[@]+"${cross_configure_args[@]}"} "$@")
-if [[ -n ${MANYFORGE_CROSS:-} ]] && ./configure --help | grep -q -- --with-build-python; then
-    configure_args+=(--with-build-python="$(find /opt/_internal/build-python/bin -maxdepth 1 -name 'python3.[0-9]*' ! -name '*-config' -type f | head -n1)")
-fi
 # Test extension modules only slow the build down; the option exists from 3.10 on.
-if ./configure --help | grep -q -- --disable-test-modules; then
+./configure --help > "$work/configure-help.txt"  # grep -q would end a pipe early: pipefail
+if grep -q -- --disable-test-modules "$work/configure-help.txt"; then
     configure_args+=(--disable-test-modules)
+fi
+if [[ -n ${MANYFORGE_CROSS:-} ]] && grep -q -- --with-build-python "$work/configure-help.txt"; then
+    configure_args+=(--with-build-python="$(find /opt/_internal/build-python/bin -maxdepth 1 -name 'python3.[0-9]*' ! -name '*-config' -type f | head -n1)")
 fi
 # Keep the interpreter's own flags out of the sysconfig that extension builds inherit.
 step configure

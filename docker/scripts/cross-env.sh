@@ -31,12 +31,16 @@ if [[ -n ${MANYFORGE_CROSS:-} ]]; then
     printf '%s\n' ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no ac_cv_buggy_getaddrinfo=no > /opt/cross-bin/config.site
     export CONFIG_SITE=/opt/cross-bin/config.site
     export PATH="/opt/cross-bin:/opt/_internal/build-python/bin:$PATH"
-    export CC=gcc CXX=g++ AR=ar RANLIB=ranlib STRIP=strip READELF=readelf
+    # readelf under its own name: CPython's configure refuses the host's plain `readelf`.
+    READELF=$(command -v "${MANYFORGE_CROSS_TOOLS}readelf")
+    export CC=gcc CXX=g++ AR=ar RANLIB=ranlib STRIP=strip READELF
     # The target's .pc files only: in the sysroot (their paths seen through it), or, with a
     # multiarch root (sysroot /), in the target's own library directory.
     multiarch=$(gcc -print-multiarch 2>/dev/null || true)
     root=${sysroot%/}
     if [[ -n $root ]]; then
+        # CPython < 3.11 (setup.py) finds libraries only in directories it is told of.
+        export CPPFLAGS="-I$root/usr/local/include -I$root/usr/include" LDFLAGS="-L$root/usr/local/lib -L$root/usr/lib64 -L$root/usr/lib"
         export PKG_CONFIG_SYSROOT_DIR=$root
         export PKG_CONFIG_LIBDIR=$root/usr/local/lib/pkgconfig:$root/usr/lib/${multiarch:-none}/pkgconfig:$root/usr/lib64/pkgconfig:$root/usr/lib/pkgconfig:$root/usr/share/pkgconfig
     else
