@@ -137,6 +137,8 @@ def _registry_cache(target: Target) -> list[str]:
         _tool(["docker", "buildx", "create", "--name", CACHE_BUILDER, "--driver", "docker-container", "--bootstrap"], "buildx create")
     cache = f"type=registry,ref={ref}:{target.slug}"
     args = ["--builder", CACHE_BUILDER, "--cache-from", cache]
+    if target.cross_compiles:  # its native_* stages are the native image's: read that cache too
+        args += ["--cache-from", f"type=registry,ref={ref}:{target.native().slug}"]
     if os.environ.get("MANYFORGE_BUILD_CACHE_PUSH") == "1":
         args += ["--cache-to", f"{cache},mode=max"]
     return args

@@ -123,7 +123,10 @@ class Target:
     def cross_compiles(self) -> bool:
         """Emulated targets build CPython and its libraries in stages that run on the build
         host's CPU, next to the same image's own native build (see Dockerfile.j2)."""
-        return self.arch not in RUNS_NATIVELY and NATIVE_ARCH in self.image.archs and NATIVE_ARCH in self.base.archs
+        return (
+            self.arch not in RUNS_NATIVELY and self.arch not in self.base.emulated
+            and NATIVE_ARCH in self.image.archs and NATIVE_ARCH in self.base.archs
+        )  # fmt: skip
 
     def native(self) -> Target:
         """The same image, variant and interpreters for the build host's architecture."""
@@ -366,13 +369,19 @@ def cross_compiler(target: Target) -> dict:
     if multiarch:
         arch = ARCHES[target.arch].debian
         out["setup"] = f"dpkg --add-architecture {arch}"
-        out["packages"] = [f"{p}:{arch}" for p in ["libc6-dev", *build_packages(target)]]
+        # The target's development packages only; what a library's build runs (perl) is the host's.
+        family_libs = family["library_packages"]
+        host_tools = {p for lib in target.base.libraries for p in family_libs[lib]["needs"]}
+        out["packages"] = [f"{p}:{arch}" for p in ["libc6-dev", *build_packages(target)] if p not in host_tools]
     if target.toolchain.cross:
         version = target.toolchain.cross.rsplit("-", 1)[-1]
         out["packages"] = [f"{target.toolchain.cross}-{gnu}", f"g++-{version}-{gnu}", *out["packages"]]
         return {**out, "cc": f"{gnu}-gcc-{version}", "cxx": f"{gnu}-g++-{version}", "tools": f"{gnu}-"}
     clang = family["cross_clang"]
-    flags = f"--target={host} -fuse-ld=lld" + (f" --gcc-toolchain=/sysroot{target.toolchain.prefix}" if target.toolchain.prefix else "")
+    # clang finds the target's GCC installation (crt files, libgcc) by the triplet it was built
+    # for, vendor included (s390x-redhat-linux, aarch64-alpine-linux-musl): the family's names.
+    target_triplet = clang.get("targets", {}).get(target.arch, host)
+    flags = f"--target={target_triplet} -fuse-ld=lld" + (f" --gcc-toolchain=/sysroot{target.toolchain.prefix}" if target.toolchain.prefix else "")
     out["packages"] = [*clang["packages"], *out["packages"]]
     return {**out, "cc": f"{clang['bindir']}/clang {flags}", "cxx": f"{clang['bindir']}/clang++ {flags}", "tools": f"{clang['bindir']}/llvm-"}
 

@@ -143,6 +143,9 @@ class Base(_Model):
     archs: tuple[Arch, ...] = Field(min_length=1)
     # Runtime packages whose names differ between releases of the family (libffi8 or libffi7).
     packages: tuple[Name, ...] = ()
+    # Arches whose interpreters build under QEMU rather than cross-compiled: the release's own
+    # cross toolchain cannot build them (e.g. LLD before 18 links no s390x).
+    emulated: tuple[Arch, ...] = ()
     # Libraries the release lacks in a version the interpreters need: built from `libraries`.
     libraries: tuple[LibraryName, ...] = ()
     # Repositories to enable before installing (e.g. CodeReady Builder, which has gdbm-devel).
