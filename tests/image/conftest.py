@@ -16,6 +16,7 @@ MANYFORGE_TEST_TOOLCHAIN one of its variants.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -107,6 +108,11 @@ def host(built_image: BuiltImage):
 _RESULTS: dict[str, dict] = {}  # image id -> its outcome counts
 
 
+@functools.cache
+def _image_id(ref: str) -> str:
+    return engine.image_id(ref)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -116,7 +122,10 @@ def pytest_runtest_makereport(item, call):
         return
     if "recorded_image" in item.fixturenames:  # publishing tests are not the image's own
         return
-    entry = _RESULTS.setdefault(built.ref, {"target": built.target, "passed": 0, "failed": 0, "skipped": 0})
+    # By image ID: pytest may set a session fixture up again (a new dated tag for the same,
+    # cached image); the tests of one image count together whatever tag they ran against.
+    entry = _RESULTS.setdefault(_image_id(built.ref), {"target": built.target, "passed": 0, "failed": 0, "skipped": 0})
+    entry["ref"] = built.ref
     if report.failed:
         entry["failed"] += 1
     elif report.skipped:
@@ -150,7 +159,8 @@ def pytest_sessionfinish(session, exitstatus):
     """Record, per image tested, its exact digest, the spec revision and the outcome; only a
     complete, passing run (every test of the image ran, none failed, nothing deselected) lets
     `invoke publish` push it."""
-    for ref, entry in _RESULTS.items():
+    for entry in _RESULTS.values():
+        ref = entry["ref"]
         try:
             publish.write_test_record(_record(session, ref, entry))
         except engine.EngineError:
@@ -161,7 +171,7 @@ def pytest_sessionfinish(session, exitstatus):
 def recorded_image(request, built_image: BuiltImage) -> BuiltImage:
     """The built image once every other test of it in this session has passed, with its test
     record written (what publishing requires). Fails when any did not run or did not pass."""
-    entry = _RESULTS.get(built_image.ref)
+    entry = _RESULTS.get(_image_id(built_image.ref))
     record = _record(request.session, built_image.ref, entry) if entry else None
     if record is None or not record.ok:
         pytest.fail(
