@@ -69,12 +69,6 @@ def cpython_pin(spec: Spec, version: str) -> Pin:
     return Pin(source.filename, source.sha256, source.url, debian_cpython_path(source.filename))
 
 
-def cpython_pins(spec: Spec, interpreters: Iterable[str] | None = None) -> list[Pin]:
-    """The pinned sources of some interpreters (their fallbacks aside)."""
-    tags = interpreters if interpreters is not None else spec.data.interpreters
-    return [cpython_pin(spec, v) for v in sorted({spec.data.interpreters[t].cpython for t in tags})]
-
-
 def library_pins(spec: Spec, names: Iterable[str]) -> list[Pin]:
     libs = spec.data.libraries
     return [Pin(libs[n].filename, libs[n].sha256, libs[n].url, libs[n].debian) for n in names]  # type: ignore[index]
