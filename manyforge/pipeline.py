@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from manyforge import engine, policy
-from manyforge.render import Target, declared_packages, resolve_target, write_context, write_packages_check
+from manyforge.render import Target, packages_checks, resolve_target, write_context, write_packages_check
 from manyforge.sources import (
     Pin,
     SourceCache,
@@ -145,18 +145,23 @@ def build(
 
 
 def packages_check(target: Target) -> list[str]:
-    """The declared packages the base's repositories (set up as the image sets them up) lack."""
+    """The declared packages the base's repositories (set up as the image sets them up) lack:
+    the image's own, and for a cross-compiled image those of its cross stage too."""
     engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
-    for arch in target.bootstrap_arches[:1]:
+    for arch in target.bootstrap_arches:
         engine.ensure_bootstrap_base(target.spec, target.base_name, arch)
-    context = write_packages_check(target, BUILD_DIR / "packages-check" / target.slug)
-    log(f"asking the repositories of {target.base_name} ({target.platform}) for {len(declared_packages(target))} packages")
-    rc, output = engine.probe_build(context, target.platform)
-    missing = sorted({m.group(1) for m in re.finditer(r"manyforge-missing: ([A-Za-z0-9][A-Za-z0-9._+-]*)$", output, re.M)})
-    if rc != 0 and not missing:
-        tail = "\n".join(output.splitlines()[-20:])
-        raise engine.EngineError(f"packages check of {target.slug} failed before it could ask (exit {rc}):\n{tail}")
-    return missing
+    missing: set[str] = set()
+    for where, packages, setup in packages_checks(target):
+        stage = "" if where is target else " for the cross stage"
+        context = write_packages_check(where, BUILD_DIR / "packages-check" / f"{target.slug}{stage and '-cross'}", packages, setup)
+        log(f"asking the repositories of {where.base_name} ({where.platform}){stage} for {len(packages)} packages")
+        rc, output = engine.probe_build(context, where.platform)
+        found = {m.group(1) for m in re.finditer(r"manyforge-missing: ([A-Za-z0-9][A-Za-z0-9._+:-]*)$", output, re.M)}
+        if rc != 0 and not found:
+            tail = "\n".join(output.splitlines()[-20:])
+            raise engine.EngineError(f"packages check of {target.slug}{stage} failed before it could ask (exit {rc}):\n{tail}")
+        missing |= found
+    return sorted(missing)
 
 
 def benchmark(spec: Spec, cache: SourceCache, targets: list[Target]) -> list[dict[str, float | str]]:

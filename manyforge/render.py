@@ -315,14 +315,26 @@ def declared_packages(target: Target) -> list[str]:
     return list(dict.fromkeys(packages))
 
 
-def write_packages_check(target: Target, dest: Path) -> Path:
-    """A build context that asks the base's repositories for every declared package."""
+def packages_checks(target: Target) -> list[tuple[Target, list[str], str | None]]:
+    """What `invoke packages-check` asks, as (where it asks, packages, set-up first): the
+    image's packages on its own platform; for a cross-compiled image also the cross stage's
+    (compiler, target development packages) on the build host's platform, where it installs them."""
+    checks: list[tuple[Target, list[str], str | None]] = [(target, declared_packages(target), None)]
+    if target.cross_compiles:
+        cross = cross_compiler(target)
+        checks.append((target.native(), cross["packages"], cross["setup"]))
+    return checks
+
+
+def write_packages_check(target: Target, dest: Path, packages: list[str], setup: str | None = None) -> Path:
+    """A build context that asks the base's repositories (set up as the image sets them up,
+    then `setup`) for `packages`, on the target's platform."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     text = _environment().get_template("packages-check.j2").render(
         family=target.base.family, base_ref=target.base_ref(), repositories=repositories(target),
-        packages=declared_packages(target),
+        packages=packages, then=setup,
     )  # fmt: skip
     (dest / "Dockerfile").write_text(text)
     shutil.copytree(DOCKER_DIR / "scripts", dest / "scripts")

@@ -23,6 +23,22 @@ def test_every_declared_package_of_the_default_image_is_offered():
     assert "debian12's repositories offer every declared package" in proc.stdout
 
 
+def test_a_cross_compiled_image_has_its_cross_stage_packages_checked_too(tmp_path):
+    """s390x: its own packages are asked for under emulation; the cross compiler and the s390x
+    -dev packages (multiarch) on the build host, as the cross stage installs them. A cross GCC
+    that does not exist is planted: exactly its two packages are named, nothing else."""
+    text = (ROOT / "images.yaml").read_text()
+    assert "cross: gcc-12\n" in text
+    spec = tmp_path / "images.yaml"
+    spec.write_text(text.replace("cross: gcc-12\n", "cross: gcc-99\n"))
+    proc = check("--image", "manylinux_2_36", "--arch", "s390x", "--spec", str(spec))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "(linux/s390x) for " in proc.stderr and "(linux/amd64) for the cross stage for " in proc.stderr
+    named = sorted(line.rsplit(" ", 1)[1] for line in proc.stdout.splitlines() if "offers no package" in line)
+    assert named == ["g++-99-s390x-linux-gnu", "gcc-99-s390x-linux-gnu"], proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_package_the_repositories_lack_is_named(tmp_path):
     text = (ROOT / "images.yaml").read_text()
     declared = "packages: [libffi8, libssl3]"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from manyforge.arches import ARCHES
-from manyforge.render import render_dockerfile, resolve_target
+from manyforge.render import packages_checks, render_dockerfile, resolve_target, write_packages_check
 from manyforge.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,3 +179,22 @@ def test_native_builds_have_no_cross_stages():
     for image, arch in [("manylinux_2_36", "x86_64"), ("manylinux_2_36", "i686"), ("manylinux2014", "i686")]:
         text = render_dockerfile(resolve_target(SPEC, image, arch))
         assert "AS cross" not in text and "MANYFORGE_CROSS" not in text and "native_" not in text, (image, arch)
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.cross_compiles], ids=lambda t: t.slug)
+def test_packages_check_asks_for_the_cross_stage_packages_on_the_build_host(target, tmp_path):
+    """What the cross stage installs (compiler, the target's multiarch -dev packages) is asked
+    for where it is installed: the build host's platform, after the cross stage's own set-up."""
+    checks = packages_checks(target)
+    assert [where.arch for where, _, _ in checks] == [target.arch, target.native().arch]
+    where, packages, setup = checks[1]
+    cross = stages(render_dockerfile(target))["cross"]
+    assert packages and all(p in cross for p in packages)
+    text = (write_packages_check(where, tmp_path / "ctx", packages, setup) / "Dockerfile").read_text()
+    if setup:
+        assert f"RUN {setup}\n" in text and f"RUN {setup}\n" in cross
+    assert all(p in text for p in packages) and where.base_ref() in text
+
+
+def test_packages_check_of_a_native_image_asks_once():
+    assert len(packages_checks(resolve_target(SPEC, "manylinux_2_36", "x86_64"))) == 1
