@@ -81,9 +81,17 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("built_image", TARGETS, indirect=True, scope="session", ids=[t.slug for t in TARGETS])
 
 
+_BUILT: dict[tuple, BuiltImage] = {}  # (slug, interpreters) -> the image built this session
+
+
 @pytest.fixture(scope="session")
 def built_image(request, spec) -> BuiltImage:
+    """Built once per session: pytest sets a parametrized session fixture up again whenever the
+    test order interleaves its parameters, and each rebuild, however cached, took a new tag."""
     target: Target = request.param
+    key = (target.slug, tuple(target.interpreters))
+    if key in _BUILT:
+        return _BUILT[key]
     # Progress of a long build belongs on the terminal, not in pytest's capture.
     with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
         print(f"\n[build] {target.slug}", file=sys.stderr)
@@ -91,7 +99,8 @@ def built_image(request, spec) -> BuiltImage:
         size = engine.image_size(result.tags[0])
         print(f"[build] {target.slug}: {result.seconds:.0f}s, {size / 1e6:.0f} MB", file=sys.stderr)
     # The target as built: an interpreter may come from a declared CPython fallback.
-    return BuiltImage(result.target, result.tags[0])
+    _BUILT[key] = BuiltImage(result.target, result.tags[0])
+    return _BUILT[key]
 
 
 @pytest.fixture(scope="session")
