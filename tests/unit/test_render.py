@@ -99,11 +99,13 @@ def test_every_interpreter_gets_its_frontend_in_its_own_layer():
     for target in TARGETS[:: max(1, len(TARGETS) // 12)]:
         parts = stages(render_dockerfile(target))
         for b in target.interpreter_builds():
-            body = parts[b.stage]
-            assert f"source=frontend/{b.tag},target=/build/frontend" in body
-            # compile first, frontend after: a frontend bump keeps CPython's layer
-            compiled = f"COPY --from=cross_{b.stage} " if target.cross_compiles else "build-cpython.sh /build/"
-            assert body.index(compiled) < body.index("install-frontend.sh " + b.prefix)
+            # compile first, frontend after: a frontend bump keeps CPython's layer. A cross
+            # build copies its native twin's frontend (the native_ stage installs it).
+            native = parts[f"native_{b.stage}" if target.cross_compiles else b.stage]
+            assert f"source=frontend/{b.tag},target=/build/frontend" in native
+            body = parts[f"cross_{b.stage}" if target.cross_compiles else b.stage]
+            frontend = "copy-frontend.sh /opt/_internal/build-python " if target.cross_compiles else "install-frontend.sh "
+            assert body.index("build-cpython.sh /build/") < body.index(frontend + b.prefix)
         for tag in target.downloadable:
             assert f"COPY frontend/{tag} /opt/_internal/frontend/{tag}" in parts["final"]
 
@@ -165,9 +167,16 @@ def test_emulated_targets_cross_compile_on_the_build_host(target):
             assert "MANYFORGE_CROSS_SYSROOT=/ " in cross and f"libc6-dev:{ARCHES[target.arch].debian}" in parts["cross"]
         else:
             assert "target=/sysroot" in cross and "MANYFORGE_CROSS_SYSROOT=/sysroot " in cross
+        # The frontend comes from the native twin (same release, same prefix), on the build host.
+        assert f"from=native_{b.stage},source={b.prefix},target=/opt/_internal/build-python" in cross[cross.index("copy-frontend.sh"):]
         # The target's own (emulated) stage only copies the result in and checks it.
-        assert "build-cpython.sh" not in parts[b.stage]
+        assert "build-cpython.sh" not in parts[b.stage] and "install-frontend.sh" not in parts[b.stage]
         assert f"COPY --from=cross_{b.stage} {b.prefix} {b.prefix}" in parts[b.stage]
+    # The tools environment is made on the build host, at the image's paths, from its wheels.
+    tools = target.interpreter_builds()[target.interpreters.index(target.image.tools_interpreter)]
+    assert parts["tools"].startswith("FROM native_build AS tools")
+    assert f"COPY --from=native_{tools.stage} {tools.prefix} {tools.prefix}" in parts["tools"]
+    assert "/bin/python3 /build/wheels /opt/_internal/tools --cross\n" in parts["tools"]
     for lib in target.library_builds():
         assert parts[f"lib_{lib['name']}"].startswith("FROM cross AS ")
     compiler = "gcc-12-s390x-linux-gnu" if target.toolchain.cross else "clang"
@@ -179,6 +188,7 @@ def test_native_builds_have_no_cross_stages():
     for image, arch in [("manylinux_2_36", "x86_64"), ("manylinux_2_36", "i686"), ("manylinux2014", "i686")]:
         text = render_dockerfile(resolve_target(SPEC, image, arch))
         assert "AS cross" not in text and "MANYFORGE_CROSS" not in text and "native_" not in text, (image, arch)
+        assert "copy-frontend.sh" not in text and "--cross" not in text, (image, arch)
 
 
 @pytest.mark.parametrize("target", [t for t in TARGETS if t.cross_compiles], ids=lambda t: t.slug)
