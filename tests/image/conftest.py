@@ -4,9 +4,10 @@ container of each, and hand testinfra hosts to the tests.
 Which images (DEFAULT_TARGETS): the default image (the first bootstrappable base in
 images.yaml) for x86_64 with all its interpreters; secondary targets with a subset, to keep a
 cold CI run within its hour: its i686 image (cp39, which cibuildwheel's helper needs, and the
-tools interpreter) and manylinux_2_31 for x86_64 (the tools interpreter). Emulated arches cost
-more than the hour allows until CPython is cross-compiled in full (issue 11): run them with
-MANYFORGE_TEST_TARGETS, e.g. "manylinux_2_36:s390x:" (the GitHub workflow tests every arch).
+tools interpreter), its s390x image (the tools interpreter, cross-compiled on the build host
+from the x86_64 build's cached native stages: the cross path, big-endian, under QEMU) and
+manylinux_2_31 for x86_64 (the tools interpreter, with its from-source libraries). The GitHub
+workflow tests every arch with all interpreters.
 
 MANYFORGE_TEST_TARGETS="image:arch[:tag+tag...],..." chooses others (no tags: all of them);
 MANYFORGE_TEST_IMAGE=<image> with MANYFORGE_TEST_ARCHES=a,b tests every interpreter of one
@@ -41,7 +42,7 @@ class BuiltImage:
 
 def _default_targets(spec: Spec) -> str:
     image = pipeline.default_image(spec)
-    return f"{image}:x86_64,{image}:i686:cp39-cp39,manylinux_2_31:x86_64:"
+    return f"{image}:x86_64,{image}:i686:cp39-cp39,{image}:s390x:,manylinux_2_31:x86_64:"
 
 
 def _targets(spec: Spec) -> list[Target]:
