@@ -172,8 +172,8 @@ def packages_check(c, image=None, arch="x86_64", base=None, toolchain=None, spec
     s = _spec(spec)
     target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain)[0]
     missing = pipeline.packages_check(target)
-    for name in missing:
-        print(f"{target.slug}: {target.base_name} offers no package {name}")
+    for where, name in missing:
+        print(f"{target.slug}: {where} offers no package {name}")
     if missing:
         raise Exit(f"{target.slug}: {len(missing)} declared package(s) missing from {target.base_name}'s repositories", code=1)
     print(f"{target.slug}: {target.base_name}'s repositories offer every declared package")

@@ -144,23 +144,25 @@ def build(
     return result
 
 
-def packages_check(target: Target) -> list[str]:
-    """The declared packages the base's repositories (set up as the image sets them up) lack:
-    the image's own, and for a cross-compiled image those of its cross stage too."""
+def packages_check(target: Target) -> list[tuple[str, str]]:
+    """The declared packages the base's repositories (set up as the image sets them up) lack,
+    as (repositories, package): the image's own, and for a cross-compiled image those of its
+    cross stage too, which the build host's repositories must offer."""
     engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
     for arch in target.bootstrap_arches:
         engine.ensure_bootstrap_base(target.spec, target.base_name, arch)
-    missing: set[str] = set()
+    missing: set[tuple[str, str]] = set()
     for where, packages, setup in packages_checks(target):
-        stage = "" if where is target else " for the cross stage"
-        context = write_packages_check(where, BUILD_DIR / "packages-check" / f"{target.slug}{stage and '-cross'}", packages, setup)
-        log(f"asking the repositories of {where.base_name} ({where.platform}){stage} for {len(packages)} packages")
+        cross = where is not target
+        stage = f" ({where.platform}, for the cross stage)" if cross else ""
+        context = write_packages_check(where, BUILD_DIR / "packages-check" / f"{target.slug}{'-cross' if cross else ''}", packages, setup)
+        log(f"asking the repositories of {where.base_name}{stage or f' ({where.platform})'} for {len(packages)} packages")
         rc, output = engine.probe_build(context, where.platform)
         found = {m.group(1) for m in re.finditer(r"manyforge-missing: ([A-Za-z0-9][A-Za-z0-9._+:-]*)$", output, re.M)}
         if rc != 0 and not found:
             tail = "\n".join(output.splitlines()[-20:])
             raise engine.EngineError(f"packages check of {target.slug}{stage} failed before it could ask (exit {rc}):\n{tail}")
-        missing |= found
+        missing |= {(f"{where.base_name}{stage}", name) for name in found}
     return sorted(missing)
 
 

@@ -19,8 +19,14 @@ sites=("$prefix"/lib/python3*/site-packages)
 site=${sites[0]#"$prefix"/}
 [[ -d $native/$site ]] || fail "$native has no $site: not the same release as $prefix"
 
-compiled=$(find "$native/$site" -type f \( -name '*.so' -o -name '*.so.*' \) -print -quit)
-[[ -z $compiled ]] || fail "$compiled is compiled for the build host; the frontend must be pure Python"
+# Any ELF file (an extension module, a bundled program) is the build host's: refused.
+while IFS= read -r -d '' file; do
+    is_elf "$file" && fail "$file is compiled for the build host; the frontend must be pure Python"
+done < <(find "$native/$site" -type f ! -name '*.py' ! -name '*.pyc' -print0)
+packages=()
+for entry in "$native/$site"/*; do
+    [[ -e $prefix/$site/${entry##*/} ]] || packages+=("$entry")
+done
 scripts=()
 for entry in "$native"/bin/*; do
     name=${entry##*/}
@@ -31,6 +37,6 @@ done
 [[ ${#scripts[@]} -gt 0 ]] || fail "no frontend script in $native/bin that $prefix lacks (is the frontend installed there?)"
 
 # Checked first, copied after: a refusal leaves the target as it was.
-cp -a --no-clobber "$native/$site/." "$prefix/$site/"
+[[ ${#packages[@]} -gt 0 ]] && cp -a "${packages[@]}" "$prefix/$site/"
 cp -a "${scripts[@]}" "$prefix/bin/"
-echo "copy-frontend.sh: $site and ${#scripts[@]} script(s) from the native interpreter"
+echo "copy-frontend.sh: ${#packages[@]} entries of $site and ${#scripts[@]} script(s) from the native interpreter"

