@@ -175,7 +175,7 @@ def packages_check(c, image=None, arch="x86_64", base=None, toolchain=None, spec
     for where, name in missing:
         print(f"{target.slug}: {where} offers no package {name}")
     if missing:
-        raise Exit(f"{target.slug}: {len(missing)} declared package(s) missing from {target.base_name}'s repositories", code=1)
+        raise Exit(f"{target.slug}: {len(missing)} declared package(s) missing from the repositories named above", code=1)
     print(f"{target.slug}: {target.base_name}'s repositories offer every declared package")
 
 
