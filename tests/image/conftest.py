@@ -17,6 +17,7 @@ MANYFORGE_TEST_TOOLCHAIN one of its variants.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
 import sys
@@ -82,7 +83,45 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("built_image", TARGETS, indirect=True, scope="session", ids=[t.slug for t in TARGETS])
 
 
-_BUILT: dict[tuple, BuiltImage] = {}  # (slug, interpreters) -> the image built this session
+def _key(target: Target) -> tuple:
+    return (target.slug, tuple(target.interpreters))
+
+
+# One worker builds every image the session's tests need, in the order they need them, one after
+# the other: while the tests of one image run, the next image builds (a build's single-threaded
+# phases — package installs, configure, byte-compiling, emulated steps — leave a core free).
+_BUILDER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-build")
+_BUILDS: dict[tuple, concurrent.futures.Future[BuiltImage]] = {}  # built once per session
+_BUILD_TIMES: list[str] = []  # for the summary: a build's own lines may land in a test's capture
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _BUILD_TIMES:
+        terminalreporter.section("image builds")
+        for line in _BUILD_TIMES:
+            terminalreporter.write_line(line)
+
+
+def _build(spec: Spec, target: Target) -> BuiltImage:
+    # Its progress reaches the terminal while a test waits for it, and the running test's
+    # captured output otherwise; the build log (build/logs/) has all of it.
+    print(f"\n[build] {target.slug}", file=sys.stderr)
+    result = pipeline.build(spec, SourceCache(), target)
+    size = engine.image_size(result.tags[0])
+    print(f"[build] {target.slug}: {result.seconds:.0f}s, {size / 1e6:.0f} MB", file=sys.stderr)
+    _BUILD_TIMES.append(f"{target.slug}: built in {result.seconds:.0f}s, {size / 1e6:.0f} MB")
+    # The target as built: an interpreter may come from a declared CPython fallback.
+    return BuiltImage(result.target, result.tags[0])
+
+
+def _session_targets(session) -> list[Target]:
+    """The targets the collected tests use, in the order they first appear."""
+    seen: dict[tuple, Target] = {}
+    for item in session.items:
+        target = getattr(item, "callspec", None) and item.callspec.params.get("built_image")
+        if isinstance(target, Target):
+            seen.setdefault(_key(target), target)
+    return list(seen.values())
 
 
 @pytest.fixture(scope="session")
@@ -90,18 +129,15 @@ def built_image(request, spec) -> BuiltImage:
     """Built once per session: pytest sets a parametrized session fixture up again whenever the
     test order interleaves its parameters, and each rebuild, however cached, took a new tag."""
     target: Target = request.param
-    key = (target.slug, tuple(target.interpreters))
-    if key in _BUILT:
-        return _BUILT[key]
-    # Progress of a long build belongs on the terminal, not in pytest's capture.
+    if not _BUILDS:
+        for queued in [target, *_session_targets(request.session)]:
+            if _key(queued) not in _BUILDS:
+                _BUILDS[_key(queued)] = _BUILDER.submit(_build, spec, queued)
+    future = _BUILDS.get(_key(target)) or _BUILDS.setdefault(_key(target), _BUILDER.submit(_build, spec, target))
     with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        print(f"\n[build] {target.slug}", file=sys.stderr)
-        result = pipeline.build(spec, SourceCache(), target)
-        size = engine.image_size(result.tags[0])
-        print(f"[build] {target.slug}: {result.seconds:.0f}s, {size / 1e6:.0f} MB", file=sys.stderr)
-    # The target as built: an interpreter may come from a declared CPython fallback.
-    _BUILT[key] = BuiltImage(result.target, result.tags[0])
-    return _BUILT[key]
+        if not future.done():
+            print(f"\n[build] waiting for {target.slug}", file=sys.stderr)
+        return future.result()
 
 
 @pytest.fixture(scope="session")
@@ -169,6 +205,7 @@ def pytest_sessionfinish(session, exitstatus):
     """Record, per image tested, its exact digest, the spec revision and the outcome; only a
     complete, passing run (every test of the image ran, none failed, nothing deselected) lets
     `invoke publish` push it."""
+    _BUILDER.shutdown(wait=False, cancel_futures=True)  # e.g. after -x: build nothing more
     for entry in _RESULTS.values():
         ref = entry["ref"]
         try:
