@@ -144,9 +144,11 @@ def _registry_cache(target: Target) -> list[str]:
     return args
 
 
-def build(target: Target, context: Path, log_dir: Path, no_cache: bool = False) -> BuildResult:
+def build(
+    target: Target, context: Path, log_dir: Path, no_cache: bool = False, stop: threading.Event | None = None
+) -> BuildResult:
     """Build a prepared context with buildx for the target's platform and tag it (the caller
-    has run check_prerequisites)."""
+    has run check_prerequisites). Setting `stop` ends buildx within seconds (EngineError)."""
     for arch in target.bootstrap_arches:
         ensure_bootstrap_base(target.spec, target.base_name, arch)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -167,10 +169,14 @@ def build(target: Target, context: Path, log_dir: Path, no_cache: bool = False) 
         reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
         reader.start()
         while True:
+            if stop is not None and stop.is_set():
+                proc.terminate()
+                proc.wait()
+                raise EngineError(f"build of {target.slug} stopped after {time.monotonic() - started:.0f}s; its log: {log}")
             try:
-                line = lines.get(timeout=15)
+                line = lines.get(timeout=2)
             except queue.Empty:
-                progress.beat()  # quiet compiles still show that they are alive
+                progress.beat()  # quiet compiles still show that they are alive (once a minute)
                 continue
             if line is None:
                 break

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 from manyforge import engine, policy
@@ -133,13 +134,15 @@ def _fetch_sources(spec: Spec, cache: SourceCache, targets: list[Target], origin
 
 
 def build(
-    spec: Spec, cache: SourceCache, target: Target, origin: str = "auto", no_cache: bool = False
+    spec: Spec, cache: SourceCache, target: Target, origin: str = "auto", no_cache: bool = False,
+    stop: threading.Event | None = None,
 ) -> engine.BuildResult:
-    """fetch → context → buildx; nothing is left half-done: the context is rewritten each time."""
+    """fetch → context → buildx; nothing is left half-done: the context is rewritten each time.
+    Setting `stop` ends the build (engine.build)."""
     engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
     target = fetch(spec, cache, [target], origin=origin)[0]
     context = write_context(target, cache, BUILD_DIR / "contexts" / target.slug)
-    result = engine.build(target, context, BUILD_DIR / "logs", no_cache=no_cache)
+    result = engine.build(target, context, BUILD_DIR / "logs", no_cache=no_cache, stop=stop)
     log(f"built {target.slug} in {result.seconds:.0f}s: {', '.join(result.tags)}")
     return result
 

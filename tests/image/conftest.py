@@ -21,6 +21,7 @@ import concurrent.futures
 import functools
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def _key(target: Target) -> tuple:
 # phases — package installs, configure, byte-compiling, emulated steps — leave a core free).
 _BUILDER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-build")
 _BUILDS: dict[tuple, concurrent.futures.Future[BuiltImage]] = {}  # built once per session
+_STOP = threading.Event()  # set when the session ends: a build still running then is ended
 _BUILD_TIMES: list[str] = []  # for the summary: a build's own lines may land in a test's capture
 
 
@@ -106,7 +108,7 @@ def _build(spec: Spec, target: Target) -> BuiltImage:
     # Its progress reaches the terminal while a test waits for it, and the running test's
     # captured output otherwise; the build log (build/logs/) has all of it.
     print(f"\n[build] {target.slug}", file=sys.stderr)
-    result = pipeline.build(spec, SourceCache(), target)
+    result = pipeline.build(spec, SourceCache(), target, stop=_STOP)
     size = engine.image_size(result.tags[0])
     print(f"[build] {target.slug}: {result.seconds:.0f}s, {size / 1e6:.0f} MB", file=sys.stderr)
     _BUILD_TIMES.append(f"{target.slug}: built in {result.seconds:.0f}s, {size / 1e6:.0f} MB")
@@ -129,12 +131,12 @@ def built_image(request, spec) -> BuiltImage:
     """Built once per session: pytest sets a parametrized session fixture up again whenever the
     test order interleaves its parameters, and each rebuild, however cached, took a new tag."""
     target: Target = request.param
-    if not _BUILDS:
-        for queued in [target, *_session_targets(request.session)]:
+    with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        # The first image asked for queues every image of the session, in the order of its tests.
+        for queued in [target, *(_session_targets(request.session) if not _BUILDS else [])]:
             if _key(queued) not in _BUILDS:
                 _BUILDS[_key(queued)] = _BUILDER.submit(_build, spec, queued)
-    future = _BUILDS.get(_key(target)) or _BUILDS.setdefault(_key(target), _BUILDER.submit(_build, spec, target))
-    with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        future = _BUILDS[_key(target)]
         if not future.done():
             print(f"\n[build] waiting for {target.slug}", file=sys.stderr)
         return future.result()
@@ -205,7 +207,9 @@ def pytest_sessionfinish(session, exitstatus):
     """Record, per image tested, its exact digest, the spec revision and the outcome; only a
     complete, passing run (every test of the image ran, none failed, nothing deselected) lets
     `invoke publish` push it."""
-    _BUILDER.shutdown(wait=False, cancel_futures=True)  # e.g. after -x: build nothing more
+    # E.g. after -x or Ctrl-C: build nothing more, and end a running build (pytest would wait).
+    _STOP.set()
+    _BUILDER.shutdown(wait=False, cancel_futures=True)
     for entry in _RESULTS.values():
         ref = entry["ref"]
         try:
