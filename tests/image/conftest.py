@@ -233,6 +233,15 @@ def recorded_image(request, built_image: BuiltImage) -> BuiltImage:
     return built_image
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering, which it would undo
 def pytest_collection_modifyitems(session, config, items):
-    """Publishing tests run last: they need every other test of their image to have passed."""
-    items.sort(key=lambda item: "recorded_image" in getattr(item, "fixturenames", ()))
+    """Image by image, in the order of TARGETS: pytest alone interleaves them (per interpreter),
+    so a test would soon wait for the next image's build rather than run beside it. Publishing
+    tests run last: they need every other test of their image to have passed."""
+    index = {_key(t): i for i, t in enumerate(TARGETS)}
+
+    def order(item) -> tuple[bool, int]:
+        target = item.callspec.params.get("built_image") if hasattr(item, "callspec") else None
+        return "recorded_image" in getattr(item, "fixturenames", ()), index.get(_key(target), -1) if isinstance(target, Target) else -1
+
+    items.sort(key=order)
