@@ -88,6 +88,12 @@ def _key(target: Target) -> tuple:
     return (target.slug, tuple(target.interpreters))
 
 
+def _item_target(item) -> Target | None:
+    """The image a collected test checks (None for tests of no image)."""
+    target = item.callspec.params.get("built_image") if hasattr(item, "callspec") else None
+    return target if isinstance(target, Target) else None
+
+
 # One worker builds every image the session's tests need, in the order they need them, one after
 # the other: while the tests of one image run, the next image builds (a build's single-threaded
 # phases — package installs, configure, byte-compiling, emulated steps — leave a core free).
@@ -110,8 +116,8 @@ def _build(spec: Spec, target: Target) -> BuiltImage:
     print(f"\n[build] {target.slug}", file=sys.stderr)
     result = pipeline.build(spec, SourceCache(), target, stop=_STOP)
     size = engine.image_size(result.tags[0])
-    print(f"[build] {target.slug}: {result.seconds:.0f}s, {size / 1e6:.0f} MB", file=sys.stderr)
     _BUILD_TIMES.append(f"{target.slug}: built in {result.seconds:.0f}s, {size / 1e6:.0f} MB")
+    print(f"[build] {_BUILD_TIMES[-1]}", file=sys.stderr)
     # The target as built: an interpreter may come from a declared CPython fallback.
     return BuiltImage(result.target, result.tags[0])
 
@@ -120,8 +126,7 @@ def _session_targets(session) -> list[Target]:
     """The targets the collected tests use, in the order they first appear."""
     seen: dict[tuple, Target] = {}
     for item in session.items:
-        target = getattr(item, "callspec", None) and item.callspec.params.get("built_image")
-        if isinstance(target, Target):
+        if (target := _item_target(item)) is not None:
             seen.setdefault(_key(target), target)
     return list(seen.values())
 
@@ -186,9 +191,7 @@ def _expected(session, target: Target) -> int:
     """How many of the session's tests check this image (publishing ones aside)."""
     return sum(
         1 for item in session.items
-        if getattr(item, "callspec", None) is not None
-        and getattr(item.callspec.params.get("built_image"), "slug", None) == target.slug
-        and "recorded_image" not in item.fixturenames
+        if getattr(_item_target(item), "slug", None) == target.slug and "recorded_image" not in item.fixturenames
     )  # fmt: skip
 
 
@@ -241,7 +244,7 @@ def pytest_collection_modifyitems(session, config, items):
     index = {_key(t): i for i, t in enumerate(TARGETS)}
 
     def order(item) -> tuple[bool, int]:
-        target = item.callspec.params.get("built_image") if hasattr(item, "callspec") else None
-        return "recorded_image" in getattr(item, "fixturenames", ()), index.get(_key(target), -1) if isinstance(target, Target) else -1
+        target = _item_target(item)
+        return "recorded_image" in getattr(item, "fixturenames", ()), -1 if target is None else index.get(_key(target), -1)
 
     items.sort(key=order)
