@@ -116,6 +116,31 @@ def today() -> str:
     return dt.date.today().strftime("%Y.%m.%d")
 
 
+def test_moving_an_index_between_releases_never_meets_a_registry_race(tmp_path):
+    """A release moves its index's tags (dated and latest) again and again. Against a registry that
+    keeps its tags on a filesystem, pushing both tags at once failed about once in 27 (a read of a
+    tag's link while it was rewritten: 500 or 400); 100 moves in a row must all succeed. Runs while
+    the session's first image builds: it needs only a two-file image made here."""
+    (tmp_path / "payload").write_text("index race\n")
+    tarball = tmp_path / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(tarball), "payload"], check=True)
+    (tmp_path / "registry").mkdir()
+    with running_registry(tmp_path / "registry") as registry:
+        member = f"{registry}/race/tiny_x86_64:1"
+        subprocess.run(["docker", "import", str(tarball), member], check=True, capture_output=True)
+        try:
+            subprocess.run(["docker", "push", "-q", member], check=True, capture_output=True)
+        finally:
+            subprocess.run(["docker", "rmi", member], check=False, capture_output=True)
+        pinned = f"{registry}/race/tiny_x86_64@{engine.remote_digest(member, True)}"
+        tags = [f"{registry}/race/tiny:2026.01.01-1", f"{registry}/race/tiny:latest"]
+        digests = set()
+        for move in range(100):  # annotations alternate: each move points the tags at another index
+            digests.add(engine.create_index(tags, [pinned], {"manyforge.test.move": str(move % 2)}, True))
+        assert len(digests) == 2
+        assert api(registry, "race/tiny/manifests/latest")["annotations"] == {"manyforge.test.move": "1"}
+
+
 def test_an_image_without_a_passing_record_is_refused(built_image, registry, keys, tmp_path, monkeypatch):
     _publishable(built_image)
     monkeypatch.setattr(publish, "RECORD_DIR", tmp_path / "no-records")
