@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
@@ -82,3 +83,33 @@ def test_actions_are_pinned_to_a_commit_with_its_release_named(workflow: Path) -
         if not PINNED.match(match["ref"]) or not RELEASE_COMMENT.match(match["rest"]):
             bad.append(f"{workflow.name}:{number}: {line.strip()}")
     assert not bad, "pin actions as `owner/action@<40-hex commit> # vX.Y.Z`:\n" + "\n".join(bad)
+
+
+def _triggers(data: dict) -> dict:
+    on = data.get("on", data.get(True))  # YAML 1.1 reads a bare `on` key as true
+    return {on: None} if isinstance(on, str) else dict.fromkeys(on) if isinstance(on, list) else on
+
+
+def test_no_job_a_pull_request_starts_holds_a_token_that_writes() -> None:
+    # A pull request's code runs in these jobs: none may get write access (packages, contents...).
+    # Jobs for pushes to main only say so in their `if:`; a called workflow (workflow_call) asks
+    # for nothing itself and runs with its caller's token, which is what is checked here.
+    bad = []
+    for workflow in WORKFLOWS:
+        data = yaml.safe_load(workflow.read_text())
+        triggers = _triggers(data)
+        if "workflow_call" in triggers:
+            asked = [name for name, job in data["jobs"].items() if "permissions" in job]
+            asked += ["(workflow)"] if "permissions" in data else []
+            bad += [f"{workflow.name}: {name}: a called workflow asks for permissions" for name in asked]
+            continue
+        if "pull_request" not in triggers and "pull_request_target" not in triggers:
+            continue
+        for name, job in data["jobs"].items():
+            if "github.event_name == 'push'" in str(job.get("if", "")):
+                continue
+            granted = job.get("permissions", data.get("permissions"))  # absent from both: the default token
+            writes = sorted(scope for scope, level in granted.items() if level == "write") if isinstance(granted, dict) else []
+            if writes or granted in ("write-all", None):
+                bad.append(f"{workflow.name}: {name}: {', '.join(writes) or granted or 'the default token'}")
+    assert not bad, "jobs a pull request can start with a token that writes:\n" + "\n".join(bad)
