@@ -417,7 +417,8 @@ def create_index(tags: list[str], members: list[str], annotations: dict[str, str
     index is then re-pushed as an OCI index carrying `annotations` (a Docker list has none)."""
     # buildx pushes each --tag in parallel, and a registry keeping tags on a filesystem (its link
     # files are rewritten in place) answers a read that races such a write with 500 or 400: 11
-    # of 300 index moves failed so, none of 300 with one tag here and oras tagging the rest below.
+    # of 300 index moves failed so, none of 300 with one tag here and oras tagging the rest below,
+    # one at a time (it tags in parallel past the first tag by default).
     _tool(["docker", "buildx", "imagetools", "create", "--tag", tags[0], *members], f"creating the index {tags[0]}")
     index = json.loads(_tool(["oras", "manifest", "fetch", *_http(plain_http), tags[0]], f"reading the index {tags[0]}"))
     media_type = "application/vnd.oci.image.index.v1+json"
@@ -427,7 +428,7 @@ def create_index(tags: list[str], members: list[str], annotations: dict[str, str
         path = Path(tmp) / "index.json"
         path.write_text(json.dumps(index))
         target = repository + ":" + ",".join(t.rpartition(":")[2] for t in tags)
-        _tool(["oras", "manifest", "push", *_http(plain_http), "--media-type", media_type, target, str(path)],
+        _tool(["oras", "manifest", "push", *_http(plain_http), "--concurrency", "1", "--media-type", media_type, target, str(path)],
               f"pushing the index {tags[0]}")  # fmt: skip
     return remote_digest(tags[0], plain_http)
 

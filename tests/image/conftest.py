@@ -240,11 +240,13 @@ def recorded_image(request, built_image: BuiltImage) -> BuiltImage:
 def pytest_collection_modifyitems(session, config, items):
     """Image by image, in the order of TARGETS: pytest alone interleaves them (per interpreter),
     so a test would soon wait for the next image's build rather than run beside it. Publishing
-    tests run last: they need every other test of their image to have passed."""
+    tests run last: they need every other test of their image to have passed. Tests of no image
+    run after the first image's tests, beside the second one's build (the first image's build
+    starts only when its first test asks for it)."""
     index = {_key(t): i for i, t in enumerate(TARGETS)}
 
-    def order(item) -> tuple[bool, int]:
+    def order(item) -> tuple[bool, float]:
         target = _item_target(item)
-        return "recorded_image" in getattr(item, "fixturenames", ()), -1 if target is None else index.get(_key(target), -1)
+        return "recorded_image" in getattr(item, "fixturenames", ()), 0.5 if target is None else index.get(_key(target), -1)
 
     items.sort(key=order)

@@ -119,8 +119,8 @@ def today() -> str:
 def test_moving_an_index_between_releases_never_meets_a_registry_race(tmp_path):
     """A release moves its index's tags (dated and latest) again and again. Against a registry that
     keeps its tags on a filesystem, pushing both tags at once failed about once in 27 (a read of a
-    tag's link while it was rewritten: 500 or 400); 100 moves in a row must all succeed. Runs while
-    the session's first image builds: it needs only a two-file image made here."""
+    tag's link while it was rewritten: 500 or 400); 100 moves in a row must all succeed. It needs
+    only a one-file image made here, and runs while the session's second image builds."""
     (tmp_path / "payload").write_text("index race\n")
     tarball = tmp_path / "rootfs.tar"
     subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(tarball), "payload"], check=True)

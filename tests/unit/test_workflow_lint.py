@@ -90,26 +90,36 @@ def _triggers(data: dict) -> dict:
     return {on: None} if isinstance(on, str) else dict.fromkeys(on) if isinstance(on, list) else on
 
 
+# Events whose runs execute, or act on, code or text from outside the repository's writers.
+UNTRUSTED_EVENTS = {"pull_request", "pull_request_target", "pull_request_review", "pull_request_review_comment",
+                    "issue_comment", "workflow_run"}  # fmt: skip
+MAIN_ONLY = "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+
+
+def _writes(permissions) -> list[str]:
+    if permissions == "write-all":
+        return ["write-all"]
+    return sorted(s for s, level in permissions.items() if level == "write") if isinstance(permissions, dict) else []
+
+
 def test_no_job_a_pull_request_starts_holds_a_token_that_writes() -> None:
     # A pull request's code runs in these jobs: none may get write access (packages, contents...).
-    # Jobs for pushes to main only say so in their `if:`; a called workflow (workflow_call) asks
-    # for nothing itself and runs with its caller's token, which is what is checked here.
+    # A job may write only if its `if:` is exactly MAIN_ONLY. A called workflow (workflow_call)
+    # runs with its caller's token and may only narrow it: asking for a write its caller does not
+    # grant stops the run before it starts, so the grant belongs to the calling job.
     bad = []
     for workflow in WORKFLOWS:
         data = yaml.safe_load(workflow.read_text())
         triggers = _triggers(data)
         if "workflow_call" in triggers:
-            asked = [name for name, job in data["jobs"].items() if "permissions" in job]
-            asked += ["(workflow)"] if "permissions" in data else []
-            bad += [f"{workflow.name}: {name}: a called workflow asks for permissions" for name in asked]
-            continue
-        if "pull_request" not in triggers and "pull_request_target" not in triggers:
+            asked = {"(workflow)": data.get("permissions")} | {n: j.get("permissions") for n, j in data["jobs"].items()}
+            bad += [f"{workflow.name}: {n}: a called workflow asks for {', '.join(_writes(p))}" for n, p in asked.items() if _writes(p)]
+        if not UNTRUSTED_EVENTS & set(triggers):
             continue
         for name, job in data["jobs"].items():
-            if "github.event_name == 'push'" in str(job.get("if", "")):
+            if " ".join(str(job.get("if", "")).split()) == MAIN_ONLY:
                 continue
-            granted = job.get("permissions", data.get("permissions"))  # absent from both: the default token
-            writes = sorted(scope for scope, level in granted.items() if level == "write") if isinstance(granted, dict) else []
-            if writes or granted in ("write-all", None):
-                bad.append(f"{workflow.name}: {name}: {', '.join(writes) or granted or 'the default token'}")
+            granted = job.get("permissions", data.get("permissions"))
+            if granted is None or _writes(granted):  # absent from both: the repository's default token
+                bad.append(f"{workflow.name}: {name}: {', '.join(_writes(granted)) or 'the default token'}")
     assert not bad, "jobs a pull request can start with a token that writes:\n" + "\n".join(bad)
