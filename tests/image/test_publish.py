@@ -129,10 +129,9 @@ def test_moving_an_index_between_releases_never_meets_a_registry_race(tmp_path):
         member = f"{registry}/race/tiny_x86_64:1"
         subprocess.run(["docker", "import", str(tarball), member], check=True, capture_output=True)
         try:
-            subprocess.run(["docker", "push", "-q", member], check=True, capture_output=True)
+            pinned = f"{registry}/race/tiny_x86_64@{engine.push(member, member)}"
         finally:
             subprocess.run(["docker", "rmi", member], check=False, capture_output=True)
-        pinned = f"{registry}/race/tiny_x86_64@{engine.remote_digest(member, True)}"
         tags = [f"{registry}/race/tiny:2026.01.01-1", f"{registry}/race/tiny:latest"]
         digests = set()
         for move in range(100):  # annotations alternate: each move points the tags at another index
