@@ -14,7 +14,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from manyforge import engine, policy
+from manyforge.arches import ARCHES
 from manyforge.render import Target, packages_checks, resolve_target, write_context, write_packages_check
 from manyforge.sources import (
     Pin,
@@ -28,7 +31,7 @@ from manyforge.sources import (
     fetch_wheels,
     library_pins,
 )
-from manyforge.spec import REPO_ROOT, Spec
+from manyforge.spec import REPO_ROOT, Spec, SpecError, Suite
 
 BUILD_DIR = REPO_ROOT / "build"
 ORIGINS = ("auto", "upstream", "debian")
@@ -229,7 +232,16 @@ POLICY_LIBRARIES = "libatomic1,libexpat1"  # whitelisted libraries with symbol v
 
 
 def policy_dump_debian(suite: str, arch: str, output: Path) -> dict:
-    """debootstrap a Debian root and dump its libc and symbol versions (for `policy derive`)."""
+    """debootstrap a Debian root and dump its libc and symbol versions (for `policy derive`).
+
+    The suite is validated here, since debootstrap takes no `--`: a suite such as
+    `--print-debs` or `../../x` would be read as an option or a script path."""
+    try:
+        suite = TypeAdapter(Suite).validate_python(suite)
+    except ValidationError:
+        raise SpecError([f"--suite {suite[:60]!r}: not a Debian suite name (lowercase letters, digits and '-', e.g. bookworm)"]) from None
+    if arch not in ARCHES:
+        raise SpecError([f"--arch {arch[:40]!r}: unknown; choose one of: {', '.join(ARCHES)}"])
     with tempfile.TemporaryDirectory(prefix="manyforge-dump-") as tmp:
         tarball = Path(tmp) / "root.tar"
         log(f"bootstrapping {suite} for {arch}")

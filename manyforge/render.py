@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 
 from manyforge.arches import ARCHES, NATIVE_ARCH, RUNS_NATIVELY, configure_build, python_multiarch
+from manyforge.quoting import template_environment
 from manyforge.sources import Pin, SourceCache, cpython_pin, library_pins, stage_files, wheel_pins
 from manyforge.spec import REPO_ROOT, Base, DownloadFile, Image, LockedFile, Spec, SpecError, Toolchain
 
@@ -227,15 +228,11 @@ def resolve_target(
     return Target(spec, image_name, arch, base_name, toolchain or image.toolchain, chosen)
 
 
+@functools.cache
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(DOCKER_DIR),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,  # noqa: S701 - renders a Dockerfile, not HTML
-    )
+    """Every template renders through the quoting environment: a value reaches the Dockerfile
+    only through the filter of the context it lands in (manyforge/quoting.py)."""
+    return template_environment(jinja2.FileSystemLoader(DOCKER_DIR))
 
 
 @functools.cache
@@ -315,18 +312,18 @@ def declared_packages(target: Target) -> list[str]:
     return list(dict.fromkeys(packages))
 
 
-def packages_checks(target: Target) -> list[tuple[Target, list[str], str | None]]:
+def packages_checks(target: Target) -> list[tuple[Target, list[str], list[str] | None]]:
     """What `invoke packages-check` asks, as (where it asks, packages, set-up first): the
     image's packages on its own platform; for a cross-compiled image also the cross stage's
     (compiler, target development packages) on the build host's platform, where it installs them."""
-    checks: list[tuple[Target, list[str], str | None]] = [(target, declared_packages(target), None)]
+    checks: list[tuple[Target, list[str], list[str] | None]] = [(target, declared_packages(target), None)]
     if target.cross_compiles:
         cross = cross_compiler(target)
         checks.append((target.native(), cross["packages"], cross["setup"]))
     return checks
 
 
-def write_packages_check(target: Target, dest: Path, packages: list[str], setup: str | None = None) -> Path:
+def write_packages_check(target: Target, dest: Path, packages: list[str], setup: list[str] | None = None) -> Path:
     """A build context that asks the base's repositories (set up as the image sets them up,
     then `setup`) for `packages`, on the target's platform."""
     if dest.exists():
@@ -380,7 +377,7 @@ def cross_compiler(target: Target) -> dict:
     out: dict = {"host": host, "sysroot_stage": not multiarch, "setup": None, "packages": []}
     if multiarch:
         arch = ARCHES[target.arch].debian
-        out["setup"] = f"dpkg --add-architecture {arch}"
+        out["setup"] = ["dpkg", "--add-architecture", arch]
         # The target's development packages only; what a library's build runs (perl) is the host's.
         family_libs = family["library_packages"]
         host_tools = {p for lib in target.base.libraries for p in family_libs[lib]["needs"]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,17 +42,27 @@ def lock_path_default() -> Path:
     """The wheel lock: MANYFORGE_LOCK if set (a variant matrix with its own lock), else the repository's."""
     return Path(os.environ.get("MANYFORGE_LOCK") or DEFAULT_LOCK)
 
+# Every pattern is ASCII-only ([0-9], never \d, which matches any Unicode digit) and anchored
+# at both ends (pydantic matches the whole string with `^...$`, `$` never before a newline there).
 Sha256 = Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, StringConstraints(strict=True, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
 # A path component of an image reference: <org>/<image>_<arch> must be a valid Docker name.
 RefName = Annotated[str, StringConstraints(strict=True, max_length=60, pattern=r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")]
 TagPart = Annotated[str, StringConstraints(strict=True, max_length=60, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-Version = Annotated[str, StringConstraints(strict=True, max_length=40, pattern=r"^\d+(\.\d+)*$")]
+Version = Annotated[str, StringConstraints(strict=True, max_length=40, pattern=r"^[0-9]+(\.[0-9]+)*$")]
 Str = Annotated[str, StringConstraints(strict=True, min_length=1)]
-# Anything that reaches a Dockerfile, a shell or a path: no whitespace, no quotes, no `..`.
-AbsPath = Annotated[str, StringConstraints(strict=True, pattern=r"^(/[A-Za-z0-9._+-]+)+$")]
+# Anything that reaches a Dockerfile, a shell or a path: no whitespace, no quotes, and no `.`,
+# `..` or other component that starts with a dot.
+AbsPath = Annotated[str, StringConstraints(strict=True, max_length=200, pattern=r"^(/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)+$")]
+# A Debian suite as debootstrap and Docker tags take it (bookworm, trixie, sid): no `+`, no
+# leading `-` (debootstrap takes no `--`), no path.
+Suite = Annotated[str, StringConstraints(strict=True, max_length=40, pattern=r"^[a-z][a-z0-9-]*$")]
+# A base's name: part of the bootstrapped base's repository name, which must be lowercase.
+BaseName = Annotated[str, StringConstraints(strict=True, max_length=40, pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")]
 # An interpreter directory under /opt/python: <python tag>-<abi tag> as packaging names them.
-InterpreterTag = Annotated[str, StringConstraints(strict=True, pattern=r"^(cp3\d+-cp3\d+t?|pp3\d+-pypy3\d+_pp\d+|graalpy3\d+-graalpy\d+_3\d+_native)$")]
+InterpreterTag = Annotated[
+    str, StringConstraints(strict=True, pattern=r"^(cp3[0-9]+-cp3[0-9]+t?|pp3[0-9]+-pypy3[0-9]+_pp[0-9]+|graalpy3[0-9]+-graalpy[0-9]+_3[0-9]+_native)$")
+]
 
 
 class SpecError(Exception):
@@ -65,9 +76,20 @@ class SpecError(Exception):
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="after")
+    def _no_repeats(self) -> _Model:
+        """No list of the matrix names a thing twice (two stages of one library, a package
+        installed twice): every tuple field of every model, in one place."""
+        for name, value in self:
+            if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
+                twice = sorted({v for v in value if value.count(v) > 1})
+                if twice:
+                    raise ValueError(f"{name}: listed twice: {', '.join(twice)}")
+        return self
+
 
 class CPythonSource(_Model):
-    url: Annotated[str, StringConstraints(strict=True, pattern=r"^https://\S+/Python-\d+\.\d+\.\d+\.(tgz|tar\.xz)$")]
+    url: Annotated[HttpsUrl, StringConstraints(pattern=rf"^https://{_HOST}(?:/{_SEGMENT})*/Python-[0-9]+\.[0-9]+\.[0-9]+\.(tgz|tar\.xz)$")]
     sha256: Sha256
 
     @property
@@ -75,7 +97,22 @@ class CPythonSource(_Model):
         return self.url.rsplit("/", 1)[1]
 
 
-HttpsUrl = Annotated[str, StringConstraints(strict=True, max_length=500, pattern=r"^https://[^\s'\"\\]+/[A-Za-z0-9._+-]+$")]
+def _port_in_range(value: str) -> str:
+    """A URL's port, where it has one, is 1-65535."""
+    authority = value.split("://", 1)[1].split("/", 1)[0]
+    if ":" in authority and not 1 <= int(authority.rsplit(":", 1)[1]) <= 65535:
+        raise ValueError(f"port {authority.rsplit(':', 1)[1]} is not in 1-65535")
+    return value
+
+
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?"
+_SEGMENT = r"[A-Za-z0-9_~%+-][A-Za-z0-9._~%+-]*"  # no `.`, `..` or dot-file component
+_FILE = r"[A-Za-z0-9][A-Za-z0-9._+-]*"  # a downloaded file's name in the cache and the build context
+# A file to download: host, plain path components, and a file name that can be a path component
+# and a shell word as it is (no query, no fragment, no shell or CSV metacharacter).
+HttpsUrl = Annotated[
+    str, StringConstraints(strict=True, max_length=500, pattern=rf"^https://{_HOST}(?:/{_SEGMENT})*/{_FILE}$"), AfterValidator(_port_in_range)
+]
 # A file of Debian's archive, relative to the mirror root (the mirror comes from the host's apt sources).
 DebianPoolPath = Annotated[
     str, StringConstraints(strict=True, pattern=r"^pool/main/[a-z0-9]+/[a-z0-9][a-z0-9.+-]*/[A-Za-z0-9][A-Za-z0-9._+~-]*\.tar\.(gz|xz|bz2)$")
@@ -112,7 +149,7 @@ class Interpreter(_Model):
 
 
 class DownloadFile(_Model):
-    url: Annotated[str, StringConstraints(strict=True, pattern=r"^https://[^\s'\"\\]+/[A-Za-z0-9._+-]+\.tar\.(bz2|gz|xz)$")]
+    url: Annotated[HttpsUrl, StringConstraints(pattern=rf"^https://{_HOST}(?:/{_SEGMENT})*/{_FILE}\.tar\.(bz2|gz|xz)$")]
     sha256: Sha256
 
 
@@ -136,10 +173,30 @@ def _specifier(value: str) -> str:
 Specifier = Annotated[str, StringConstraints(strict=True, pattern=r"^[^\s]*$"), AfterValidator(_specifier)]
 
 
+def _not_native(value: str) -> str:
+    if value == "native":
+        raise ValueError("'native' builds for the build machine's own CPU; name the policy's baseline, e.g. x86-64")
+    return value
+
+
+_REF = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"  # a path component of a Docker image name
+
+
+PinnedRef = Annotated[
+    str,
+    StringConstraints(
+        strict=True, max_length=300,
+        pattern=rf"^(?:{_HOST}/)?{_REF}(?:/{_REF})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?@sha256:[0-9a-f]{{64}}$",
+    ),
+]  # fmt: skip
+MirrorUrl = Annotated[str, StringConstraints(strict=True, max_length=300, pattern=rf"^https://{_HOST}(?:/{_SEGMENT})*$"), AfterValidator(_port_in_range)]
+
+
 class Base(_Model):
     family: Literal["yum", "dnf", "apk", "apt"]
-    image: Annotated[str, StringConstraints(strict=True, max_length=300, pattern=r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")] | None = None
-    debootstrap: Name | None = None
+    # A Docker reference pinned by digest: [host[:port]/]name[/name...][:tag]@sha256:<digest>.
+    image: PinnedRef | None = None
+    debootstrap: Suite | None = None
     archs: tuple[Arch, ...] = Field(min_length=1)
     # Runtime packages whose names differ between releases of the family (libffi8 or libffi7).
     packages: tuple[Name, ...] = ()
@@ -151,10 +208,11 @@ class Base(_Model):
     # Repositories to enable before installing (e.g. CodeReady Builder, which has gdbm-devel).
     repositories: tuple[Name, ...] = ()
     # Where the release's packages live when its own mirrors are gone (CentOS 7: the vault).
-    mirror: Annotated[str, StringConstraints(strict=True, max_length=300, pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~-]+)*$")] | None = None
+    mirror: MirrorUrl | None = None
     # The -march its compilers must default to when the release's own default is newer than
     # the policy's baseline (EL9 builds for x86-64-v2): a wrapper adds it unless one is given.
-    march: dict[Arch, Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]] = {}
+    # `native` would make the image depend on the build machine's CPU.
+    march: dict[Arch, Annotated[str, StringConstraints(strict=True, max_length=40, pattern=r"^[a-z0-9][a-z0-9_.-]*$"), AfterValidator(_not_native)]] = {}
 
     @model_validator(mode="after")
     def _one_source(self) -> Base:
@@ -181,10 +239,10 @@ class Libc(_Model):
 
 
 class Image(_Model):
-    policy: Annotated[str, StringConstraints(strict=True, pattern=r"^(manylinux_2_\d+|musllinux_1_\d+)$")]
+    policy: Annotated[str, StringConstraints(strict=True, pattern=r"^(manylinux_2_[0-9]+|musllinux_1_[0-9]+)$")]
     libc: Libc
-    base: Name
-    base_variants: tuple[Name, ...] = ()
+    base: BaseName
+    base_variants: tuple[BaseName, ...] = ()
     toolchain: Name
     toolchain_variants: tuple[Name, ...] = ()
     archs: tuple[Arch, ...] = Field(min_length=1)
@@ -200,11 +258,11 @@ class SpecFile(_Model):
     org: RefName
     cpython: dict[Version, CPythonSource]
     libraries: dict[LibraryName, LibrarySource] = {}
-    interpreters: dict[Annotated[str, StringConstraints(pattern=r"^cp3\d+-cp3\d+t?$")], Interpreter]
+    interpreters: dict[Annotated[str, StringConstraints(pattern=r"^cp3[0-9]+-cp3[0-9]+t?$")], Interpreter]
     frontend: dict[Name, Specifier] = Field(min_length=1)
     downloadable: dict[InterpreterTag, Downloadable] = {}
     tools: dict[Name, Version]
-    bases: dict[TagPart, Base]  # variant names become part of image tags
+    bases: dict[BaseName, Base]  # variant names become part of image tags and base image names
     toolchains: dict[TagPart, Toolchain]
     images: dict[RefName, Image] = Field(min_length=1)
 
@@ -230,7 +288,7 @@ class LockedFile(_Model):
 
 class LockFile(_Model):
     comment: str = ""
-    platforms: dict[Annotated[str, StringConstraints(pattern=r"^(manylinux|musllinux)_\d+_\d+_[a-z0-9_]+$")], tuple[LockedFile, ...]]
+    platforms: dict[Annotated[str, StringConstraints(pattern=r"^(manylinux|musllinux)_[0-9]+_[0-9]+_[a-z0-9_]+$")], tuple[LockedFile, ...]]
     interpreters: dict[InterpreterTag, tuple[LockedFile, ...]] = {}
 
     @model_validator(mode="after")
@@ -248,6 +306,11 @@ class LockFile(_Model):
                     problems.append(f"{section}.{key}: listed twice: {', '.join(twice)}")
                 if several:
                     problems.append(f"{section}.{key}: more than one version of {', '.join(several)}")
+        hashes: dict[str, set[str]] = {}
+        for files in (*self.platforms.values(), *self.interpreters.values()):
+            for f in files:
+                hashes.setdefault(f.filename, set()).add(f.sha256)
+        problems += [f"{name}: pinned with {len(h)} different sha256" for name, h in sorted(hashes.items()) if len(h) > 1]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -448,6 +511,29 @@ def _format_pydantic(
 
 # --- cross-references -----------------------------------------------------------------------
 
+# Keys only some package-manager families read: set on another family, they would be ignored.
+_FAMILY_KEYS = {"repositories": ("dnf",), "mirror": ("yum",)}
+_TOOLCHAIN_FAMILY_KEYS = {"repo_files": ("yum",), "cross": ("apt",)}
+
+
+def _downloadable_problems(tag: str, entry: Downloadable) -> list[str]:
+    """A downloadable interpreter's tag agrees with what it says it is."""
+    m = re.fullmatch(r"pp3([0-9]+)-pypy3([0-9]+)_pp([0-9]+)|graalpy3([0-9]+)-graalpy([0-9]+)_3([0-9]+)_native", tag)
+    if m is None:
+        return []  # the tag's own pattern reports it
+    if m.group(1) is not None:
+        implementation, minors, impl_version = "pypy", {m.group(1), m.group(2)}, None
+    else:
+        implementation, minors, impl_version = "graalpy", {m.group(4), m.group(6)}, m.group(5)
+    problems = []
+    if entry.implementation != implementation:
+        problems.append(f"implementation: {entry.implementation} does not match the tag ({implementation})")
+    if len(minors) != 1 or entry.python.split(".")[:2] != ["3", next(iter(minors))]:
+        problems.append(f"python: {entry.python} does not match the tag (Python 3.{'/'.join(sorted(minors))})")
+    if impl_version is not None and "".join(entry.version.split(".")[:2]) != impl_version:
+        problems.append(f"version: GraalPy {entry.version} does not match the tag's {impl_version}")
+    return problems
+
 
 def _interpreter_tag_matches(tag: str, interp: Interpreter) -> bool:
     major, minor = interp.cpython.split(".")[:2]
@@ -496,12 +582,17 @@ def _cross_check(
             elif older.split(".")[:2] != interp.cpython.split(".")[:2] or Version_(older) >= Version_(interp.cpython):
                 problems.append(f"{at}: {older} is not an older release of CPython {'.'.join(interp.cpython.split('.')[:2])}")
     for base_name, declared in spec.bases.items():
+        for key, users in _FAMILY_KEYS.items():
+            if getattr(declared, key) and declared.family not in users:
+                problems.append(f"{f}: bases.{base_name}.{key}: family {declared.family} does not use it (only {', '.join(users)})")
         for i, lib in enumerate(declared.libraries):
             if lib not in spec.libraries:
                 problems.append(
                     f"{f}: bases.{base_name}.libraries[{i}]: {lib!r} has no pinned source under libraries; "
                     f"pinned: {', '.join(spec.libraries) or 'none'}"
                 )
+    for tag, offered in spec.downloadable.items():
+        problems += [f"{f}: downloadable.{tag}: {p}" for p in _downloadable_problems(tag, offered)]
     for version, source in spec.cpython.items():
         if source.filename.removeprefix("Python-").split(".t")[0] != version:
             problems.append(f"{f}: cpython.{version}.url: names {source.filename}, not CPython {version}")
@@ -526,11 +617,19 @@ def _cross_check(
                     problems.append(
                         f"{at}.archs[{i}]: base {base_name!r} has no {arch}; it has: {', '.join(base.archs)}"
                     )
+        families = {spec.bases[b].family for _, b in bases if b in spec.bases}
         for key, tc in [("toolchain", image.toolchain)] + [
             (f"toolchain_variants[{i}]", t) for i, t in enumerate(image.toolchain_variants)
         ]:
             if tc not in spec.toolchains:
                 problems.append(f"{at}.{key}: unknown toolchain {tc!r}; defined: {', '.join(spec.toolchains)}")
+                continue
+            for field, allowed in _TOOLCHAIN_FAMILY_KEYS.items():
+                if getattr(spec.toolchains[tc], field) and families - set(allowed):
+                    problems.append(
+                        f"{at}.{key}: toolchain {tc!r} sets {field}, which the image's {'/'.join(sorted(families))} "
+                        f"base does not use (only {', '.join(allowed)})"
+                    )
         if len(set(image.archs)) != len(image.archs):
             problems.append(f"{at}.archs: an architecture is listed twice")
         for i, tag in enumerate(image.interpreters):
@@ -560,7 +659,16 @@ def _cross_check(
         if len(set(listed)) != len(listed):
             problems.append(f"{at}.tools: a tool is listed twice")
         for name, version, optional in tool_requirements(spec, image) if check_lock else ():
-            if optional or not version:
+            if not version:
+                continue
+            if optional:
+                # Optional: absent on arches without a wheel, but a pin no arch has is a mistake
+                # (the image would silently ship without the tool everywhere).
+                if not any((name, version) in {(w.name, w.version) for w in wheels.get(f"{image.policy}_{a}", ())} for a in image.archs):
+                    problems.append(
+                        f"{at}.optional_tools: no arch of the image has a pin for {name}=={version} in "
+                        f"{lock_path.name}; run `invoke lock` or fix the version"
+                    )
                 continue
             for arch in image.archs:
                 platform = f"{image.policy}_{arch}"
@@ -604,14 +712,28 @@ def read_input(path: Path, limit: int = MAX_INPUT_BYTES) -> str:
         raise SpecError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook that refuses a key given twice (json keeps the last one silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"duplicate key {_short(key)}")
+        out[key] = value
+    return out
+
+
 def _load_lock(lock_path: Path) -> LockFile | None:
     if not lock_path.exists():
         return None
     text = read_input(lock_path)
     try:
-        raw = json.loads(text)
+        raw = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise SpecError([f"{lock_path.name}: line {exc.lineno}: not valid JSON ({exc.msg}); regenerate it with `invoke lock`"]) from None
+    except _DuplicateKey as exc:
+        raise SpecError([f"{lock_path.name}: {exc}; regenerate it with `invoke lock`"]) from None
+    except RecursionError:
+        raise SpecError([f"{lock_path.name}: nested too deeply; regenerate it with `invoke lock`"]) from None
     try:
         return LockFile.model_validate(raw)
     except ValidationError as exc:
@@ -639,6 +761,8 @@ def load_spec(path: Path | str = DEFAULT_SPEC, lock_path: Path | str | None = No
             loader.dispose()
     except _DuplicateKey as exc:
         raise SpecError([f"{path.name}: {exc}"]) from None
+    except RecursionError:
+        raise SpecError([f"{path.name}: nested too deeply to be a matrix; refused"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"

@@ -4,6 +4,7 @@ out of the final stage."""
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -202,7 +203,7 @@ def test_packages_check_asks_for_the_cross_stage_packages_on_the_build_host(targ
     assert packages and all(p in cross for p in packages)
     text = (write_packages_check(where, tmp_path / "ctx", packages, setup) / "Dockerfile").read_text()
     if setup:
-        assert f"RUN {setup}\n" in text and f"RUN {setup}\n" in cross
+        assert f"RUN {shlex.join(setup)}\n" in text and f"RUN {shlex.join(setup)}\n" in cross
     assert all(p in text for p in packages) and where.base_ref() in text
 
 
