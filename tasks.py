@@ -344,7 +344,7 @@ def changelog(c, registry, from_tag, to_tag, image=None, arch=None, public_key=N
         raise Exit("error: --public-key (or MANYFORGE_COSIGN_PUB) is needed to verify the SBOMs", code=2)
     name = _image(s, image)
     arches = _list(arch, "arch") or list(s.image(name).archs)
-    log = publish_module.changelog(registry, name, arches, from_tag, to_tag, Path(pub))
+    log = publish_module.changelog(s, registry, name, arches, from_tag, to_tag, Path(pub))
     print(json.dumps(log, indent=1) if format == "json" else publish_module.changelog_markdown(log))
 
 

@@ -8,7 +8,10 @@ and starts containers for the tests.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime as dt
+import hashlib
+import io
 import json
 import os
 import queue
@@ -16,11 +19,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 
@@ -32,6 +38,9 @@ from manyforge.spec import REPO_ROOT, Spec
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 SETUP_HINT = "run `sudo scripts/setup-host.sh` (or `invoke setup`) to install and start it"
+DOCKER_API_TIMEOUT = 600  # one request of the Docker SDK to the engine (its socket timeout), in seconds
+BUILD_TIMEOUT = 6 * 3600  # one buildx build: a cold emulated build of every interpreter takes hours
+LOCAL_TIMEOUT = 120  # a question to the local docker CLI (buildx version, inspect)
 
 
 class EngineError(Exception):
@@ -42,7 +51,7 @@ def client() -> docker.DockerClient:
     if shutil.which("docker") is None:
         raise EngineError(f"the docker CLI is not installed; {SETUP_HINT}")
     try:
-        c = docker.from_env(timeout=600)
+        c = docker.from_env(timeout=DOCKER_API_TIMEOUT)
         c.ping()
     except docker.errors.DockerException as exc:
         raise EngineError(f"no Docker engine answers ({exc.__class__.__name__}); {SETUP_HINT}") from None
@@ -52,8 +61,10 @@ def client() -> docker.DockerClient:
 def check_prerequisites(arch: str, needs_debootstrap: bool) -> None:
     """Fail early, with the fix, when something the build needs is missing."""
     client()
-    if subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode != 0:
-        raise EngineError(f"the docker buildx plugin is missing; {SETUP_HINT}")
+    try:
+        _tool(["docker", "buildx", "version"], "docker buildx version", tool_timeout(LOCAL_TIMEOUT))
+    except EngineError:
+        raise EngineError(f"the docker buildx plugin is missing or does not answer; {SETUP_HINT}") from None
     qemu = ARCHES[arch].qemu
     if qemu is not None:
         handler = BINFMT_DIR / qemu
@@ -88,12 +99,8 @@ def ensure_bootstrap_base(spec: Spec, base_name: str, arch: str) -> str:
     with tempfile.TemporaryDirectory(prefix="manyforge-base-") as tmp:
         debootstrap_root(suite, arch, Path(tmp) / "root.tar")
         shutil.copy(REPO_ROOT / "docker" / "bootstrap-base.Dockerfile", Path(tmp) / "Dockerfile")
-        imported = subprocess.run(
-            ["docker", "buildx", "build", "--platform", platform, "--load", "--tag", ref, tmp],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if imported.returncode != 0:
-            raise EngineError(f"turning the {suite}/{arch} root into an image failed: {imported.stderr[-2000:]}")
+        _tool(["docker", "buildx", "build", "--platform", platform, "--load", "--tag", ref, "--", tmp],
+              f"turning the {suite}/{arch} root into an image", BUILD_TIMEOUT)  # fmt: skip
     print(f"==> base {ref} ready in {time.monotonic() - started:.0f}s", file=sys.stderr)
     return ref
 
@@ -104,7 +111,7 @@ def next_tag(repository: str, today: dt.date | None = None) -> str:
     numbers = []
     for image in client().images.list(name=repository):
         for tag in image.tags:
-            m = re.fullmatch(rf"{re.escape(repository)}:{re.escape(day)}-(\d+)", tag)
+            m = re.fullmatch(rf"{re.escape(repository)}:{re.escape(day)}-([0-9]+)", tag)
             if m:
                 numbers.append(int(m.group(1)))
     return f"{day}-{max(numbers, default=0) + 1}"
@@ -120,6 +127,33 @@ class BuildResult:
 
 
 CACHE_BUILDER = "manyforge-cache"
+# MANYFORGE_BUILD_CACHE: a repository in Docker's reference grammar, ASCII, without tag or digest
+# (the engine adds one tag per target). It lands inside buildx's `type=registry,ref=...` CSV:
+# a `,` or `=` would add options of its own, so nothing outside this grammar is accepted.
+_HOST_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+CACHE_REPOSITORY = re.compile(
+    rf"(?:(?P<host>{_HOST_PART}(?:\.{_HOST_PART})*)(?::(?P<port>[0-9]{{1,5}}))?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+)
+CACHE_PUSH_VALUES = {"1": True, "true": True, "0": False, "false": False, "": False}
+
+
+def build_cache_settings() -> tuple[str | None, bool]:
+    """MANYFORGE_BUILD_CACHE (the cache's repository, or None) and MANYFORGE_BUILD_CACHE_PUSH
+    (1/true: also write it; 0/false/unset: only read it), validated."""
+    ref = os.environ.get("MANYFORGE_BUILD_CACHE") or None
+    push_value = os.environ.get("MANYFORGE_BUILD_CACHE_PUSH", "")
+    if push_value not in CACHE_PUSH_VALUES:
+        raise EngineError(f"MANYFORGE_BUILD_CACHE_PUSH={push_value[:40]!r}: expected 1 (also write the cache) or 0 (only read it)")
+    if ref is not None:
+        m = CACHE_REPOSITORY.fullmatch(ref)
+        port = m.group("port") if m else None
+        if m is None or len(ref) > 200 or (port is not None and not 1 <= int(port) <= 65535):
+            raise EngineError(
+                f"MANYFORGE_BUILD_CACHE={ref[:100]!r}: expected a registry repository such as ghcr.io/org/cache "
+                "(ASCII letters, digits, . _ - and /, an optional :PORT of 1 to 65535; no tag, no , or =)"
+            )
+    return ref, CACHE_PUSH_VALUES[push_value]
 
 
 def _registry_cache(target: Target) -> list[str]:
@@ -127,19 +161,22 @@ def _registry_cache(target: Target) -> list[str]:
     reads it (one tag per image×arch×variant), MANYFORGE_BUILD_CACHE_PUSH=1 also writes it.
     Registry caches need a docker-container builder, which is made on first use; that builder
     cannot see the engine's local images, so images on a bootstrapped base build without it."""
-    ref = os.environ.get("MANYFORGE_BUILD_CACHE")
-    if not ref:
+    ref, push = build_cache_settings()
+    if ref is None:
         return []
     if target.base.debootstrap:
         print(f"==> {target.slug}: its base is bootstrapped here; building without the registry cache", file=sys.stderr)
         return []
-    if subprocess.run(["docker", "buildx", "inspect", CACHE_BUILDER], capture_output=True, check=False).returncode != 0:
-        _tool(["docker", "buildx", "create", "--name", CACHE_BUILDER, "--driver", "docker-container", "--bootstrap"], "buildx create")
+    try:
+        _tool(["docker", "buildx", "inspect", CACHE_BUILDER], f"docker buildx inspect {CACHE_BUILDER}", tool_timeout(LOCAL_TIMEOUT))
+    except EngineError:  # made on first use; --bootstrap pulls BuildKit's image
+        _tool(["docker", "buildx", "create", "--name", CACHE_BUILDER, "--driver", "docker-container", "--bootstrap"],
+              "buildx create", tool_timeout(PUSH_TIMEOUT))  # fmt: skip
     cache = f"type=registry,ref={ref}:{target.slug}"
     args = ["--builder", CACHE_BUILDER, "--cache-from", cache]
     if target.cross_compiles:  # its native_* stages are the native image's: read that cache too
         args += ["--cache-from", f"type=registry,ref={ref}:{target.native().slug}"]
-    if os.environ.get("MANYFORGE_BUILD_CACHE_PUSH") == "1":
+    if push:
         args += ["--cache-to", f"{cache},mode=max"]
     return args
 
@@ -157,12 +194,12 @@ def build(
     build_ref = f"{target.repository}:build{suffix}"
     cmd = [
         "docker", "buildx", "build", "--platform", target.platform, "--progress", "plain", "--load",
-        "--tag", build_ref, *(["--no-cache"] if no_cache else []), *_registry_cache(target), str(context),
+        "--tag", build_ref, *(["--no-cache"] if no_cache else []), *_registry_cache(target), "--", str(context),
     ]  # fmt: skip
     print(f"==> building {target.slug} ({target.platform}); log: {log}", file=sys.stderr)
     started = time.monotonic()
     with log.open("w") as log_fh:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1)
         assert proc.stdout is not None
         progress = _Progress(started)
         lines: queue.Queue[str | None] = queue.Queue()
@@ -173,6 +210,10 @@ def build(
                 proc.terminate()
                 proc.wait()
                 raise EngineError(f"build of {target.slug} stopped after {time.monotonic() - started:.0f}s; its log: {log}")
+            if time.monotonic() - started > BUILD_TIMEOUT:
+                proc.terminate()
+                proc.wait()
+                raise EngineError(f"build of {target.slug}: docker buildx did not finish within {BUILD_TIMEOUT} s; its log: {log}")
             try:
                 line = lines.get(timeout=2)
             except queue.Empty:
@@ -195,21 +236,24 @@ def build(
 
 def prune_build_cache() -> None:
     """Empty BuildKit's cache (images in the engine's store, such as bootstrapped bases, stay)."""
-    _tool(["docker", "buildx", "prune", "--all", "--force"], "buildx prune")
+    _tool(["docker", "buildx", "prune", "--all", "--force"], "buildx prune", BUILD_TIMEOUT)
 
 
 def probe_build(context: Path, platform: str) -> tuple[int, str]:
     """Build a context only for what its steps print (nothing is kept): exit status and output."""
-    proc = subprocess.run(
-        ["docker", "buildx", "build", "--platform", platform, "--progress", "plain", "--no-cache", str(context)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    try:
+        proc = subprocess.run(
+            ["docker", "buildx", "build", "--platform", platform, "--progress", "plain", "--no-cache", "--", str(context)],
+            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, timeout=BUILD_TIMEOUT,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"probe build of {context}: docker buildx gave no answer within {BUILD_TIMEOUT} s") from None
     return proc.returncode, proc.stdout + proc.stderr
 
 
 def _apply_tags(image, target: Target, suffix: str) -> list[str]:
     repo = target.repository
-    existing = [t for t in image.tags if re.fullmatch(rf"{re.escape(repo)}:\d{{4}}\.\d\d\.\d\d-\d+{re.escape(suffix)}", t)]
+    existing = [t for t in image.tags if re.fullmatch(rf"{re.escape(repo)}:[0-9]{{4}}\.[0-9]{{2}}\.[0-9]{{2}}-[0-9]+{re.escape(suffix)}", t)]
     dated = existing[0].split(":", 1)[1] if existing else next_tag(repo) + suffix
     tags = [f"{repo}:{dated}", f"{repo}:latest{suffix}"]
     for tag in tags:
@@ -238,7 +282,7 @@ class _Progress:
         print(f"[{time.monotonic() - self.started:6.0f}s] {text}", file=sys.stderr, flush=True)
 
     def feed(self, line: str) -> None:
-        m = re.match(r"#(\d+) (.*)", line.rstrip())
+        m = re.match(r"#([0-9]+) (.*)", line.rstrip())
         if not m:
             return
         step, rest = m.groups()
@@ -344,22 +388,110 @@ def require_image(ref: str) -> None:
 
 # --- registries and signatures, for the publish stage ---------------------------------------------
 
+# How long one call of a tool may take, per kind of call (seconds). A registry that accepts a
+# connection and never answers must end a publish, a release-tag or a changelog with an error,
+# never hang it. MANYFORGE_TOOL_TIMEOUT (whole seconds) replaces every limit but the build's: a
+# test against a stalling registry sets a few seconds.
+METADATA_TIMEOUT = 120  # a tag list, a manifest, a tag, a key: one small request or a few
+PUSH_TIMEOUT = 1800  # saving an image (a GB and more) and pushing or copying its blobs
+SIGN_TIMEOUT = 300  # cosign sign, attest, verify: a few small requests each, with cosign's retries
+TOOL_TIMEOUT_ENV = "MANYFORGE_TOOL_TIMEOUT"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what registries accept for a manifest (distribution's limit)
+MAX_JSON_DEPTH = 64  # manifests, configs and cosign's output are a few levels deep
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+# A remote reference as the publish stage makes them: host[:port]/path[:tag|@digest], ASCII.
+REMOTE_REF = re.compile(
+    r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})?"
+)
+# Names of environment variables whose values never reach a message (cosign's key password,
+# registry tokens and passwords a CI job holds while it publishes).
+SECRET_NAMES = re.compile(r"PASSWORD|PASSPHRASE|TOKEN|SECRET|CREDENTIAL|AUTH", re.IGNORECASE)
+
 
 def image_id(ref: str) -> str:
     """The local image's ID: its config digest, which a registry keeps as the manifest's config."""
     require_image(ref)
-    return str(client().images.get(ref).id)
+    found = str(client().images.get(ref).id)
+    if not DIGEST.fullmatch(found):
+        raise EngineError(f"the engine gave {ref} the ID {found[:80]!r}, not a sha256 digest")
+    return found
 
 
-def _tool(args: list[str], what: str, env: dict[str, str] | None = None, input_text: str | None = None) -> str:
-    """Run a registry or signing tool; its output on failure, never the environment (which may
-    hold the signing key's password)."""
+def tool_timeout(default: int) -> int:
+    """`default`, unless MANYFORGE_TOOL_TIMEOUT gives another limit (1 to 86400 seconds)."""
+    value = os.environ.get(TOOL_TIMEOUT_ENV)
+    if value is None or value == "":
+        return default
+    if not re.fullmatch(r"[0-9]{1,5}", value) or not 1 <= int(value) <= 86400:
+        raise EngineError(f"{TOOL_TIMEOUT_ENV}={value[:40]!r}: expected whole seconds, 1 to 86400")
+    return int(value)
+
+
+def scrub(text: str) -> str:
+    """Tool output fit for a message: secrets of the environment replaced, control characters
+    (a hostile registry's error text reaches the terminal) shown as `?`."""
+    secrets = {v for k, v in os.environ.items() if v and (SECRET_NAMES.search(k) or k == "COSIGN_PASSWORD")}
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else "?" for ch in text)
+
+
+def _detail(proc_output: bytes | str) -> str:
+    """A tool's complaint on one line: its distinct non-empty lines, last ones first kept."""
+    text = scrub(proc_output.decode(errors="replace") if isinstance(proc_output, bytes) else proc_output)
+    lines = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+    return "; ".join(lines)[-600:] or "no message"
+
+
+def _check_ref(ref: str) -> str:
+    """Every registry reference a tool gets was built from validated parts: check it again."""
+    if not REMOTE_REF.fullmatch(ref):
+        raise EngineError(f"not a registry reference: {scrub(ref[:120])!r}")
+    return ref
+
+
+def _tool(args: list[str], what: str, timeout: int, env: dict[str, str] | None = None, binary: bool = False) -> Any:
+    """Run a registry or signing tool within `timeout` seconds and return its standard output
+    (bytes if `binary`). On failure one line naming what it did: the tool's own words with
+    secrets scrubbed, never the environment (which may hold the signing key's password)."""
     if shutil.which(args[0]) is None:
         raise EngineError(f"{args[0]} is not installed; {SETUP_HINT}")
-    proc = subprocess.run(args, capture_output=True, text=True, check=False, env=env, input=input_text)
+    try:
+        proc = subprocess.run(args, capture_output=True, check=False, env=env, stdin=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"{what}: {args[0]} gave no answer within {timeout} s (the limit is set by {TOOL_TIMEOUT_ENV})") from None
     if proc.returncode != 0:
-        raise EngineError(f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-1500:]}")
-    return proc.stdout
+        raise EngineError(f"{what}: {args[0]} failed (exit {proc.returncode}): {_detail(proc.stderr or proc.stdout)}")
+    return proc.stdout if binary else proc.stdout.decode(errors="replace")
+
+
+def _json(data: bytes | str, what: str) -> Any:
+    """JSON a tool or a registry gave, parsed defensively: bounded in size and depth, no NaN."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise EngineError(f"{what}: {len(data)} bytes of JSON, more than the {MAX_MANIFEST_BYTES} allowed")
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        value = json.loads(data, parse_constant=no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise EngineError(f"{what}: not valid JSON ({scrub(str(exc))[:200]})") from None
+
+    def depth(v: Any, level: int = 0) -> None:
+        if level > MAX_JSON_DEPTH:
+            raise EngineError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        for child in v.values() if isinstance(v, dict) else v if isinstance(v, list) else ():
+            depth(child, level + 1)
+
+    depth(value)
+    return value
 
 
 def _http(plain_http: bool) -> list[str]:
@@ -367,110 +499,330 @@ def _http(plain_http: bool) -> list[str]:
     return ["--plain-http"] if plain_http else []
 
 
+def _not_found(stderr: bytes) -> bool:
+    text = stderr.decode(errors="replace").lower()
+    return any(s in text for s in (": not found", "name unknown", "manifest unknown", "404 not found"))
+
+
 def registry_tags(repository: str, plain_http: bool) -> list[str]:
     """Tags of a repository in a registry (none if the repository does not exist yet)."""
-    proc = subprocess.run(["oras", "repo", "tags", *_http(plain_http), repository],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    args = ["oras", "repo", "tags", *_http(plain_http), "--", _check_ref(repository)]
+    timeout = tool_timeout(METADATA_TIMEOUT)
+    try:
+        proc = subprocess.run(args, capture_output=True, check=False, stdin=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"listing the tags of {repository}: oras gave no answer within {timeout} s (the limit is set by {TOOL_TIMEOUT_ENV})") from None
     if proc.returncode != 0:
-        if "not found" in proc.stderr.lower() or "name unknown" in proc.stderr.lower():
+        if _not_found(proc.stderr):
             return []
-        raise EngineError(f"cannot list the tags of {repository}: {proc.stderr.strip()[-500:]}")
-    return proc.stdout.split()
+        raise EngineError(f"listing the tags of {repository}: oras failed (exit {proc.returncode}): {_detail(proc.stderr)}")
+    return proc.stdout.decode(errors="replace").split()
 
 
-def _manifest(ref: str, plain_http: bool) -> dict | None:
-    proc = subprocess.run(["oras", "manifest", "fetch", *_http(plain_http), ref],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+def _manifest(ref: str, plain_http: bool) -> tuple[bytes, dict] | None:
+    """A manifest's bytes and content; None if the registry has no such tag or digest."""
+    args = ["oras", "manifest", "fetch", *_http(plain_http), "--", _check_ref(ref)]
+    timeout = tool_timeout(METADATA_TIMEOUT)
+    try:
+        proc = subprocess.run(args, capture_output=True, check=False, stdin=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"reading the manifest of {ref}: oras gave no answer within {timeout} s (the limit is set by {TOOL_TIMEOUT_ENV})") from None
     if proc.returncode != 0:
-        return None
-    return json.loads(proc.stdout)
+        if _not_found(proc.stderr):
+            return None
+        raise EngineError(f"reading the manifest of {ref}: oras failed (exit {proc.returncode}): {_detail(proc.stderr)}")
+    manifest = _json(proc.stdout, f"the manifest of {ref}")
+    if not isinstance(manifest, dict):
+        raise EngineError(f"the manifest of {ref}: not a JSON object")
+    return proc.stdout, manifest
 
 
 def remote_config_digest(ref: str, plain_http: bool) -> str | None:
     """The config digest of an image manifest in a registry (= the local image ID), or None."""
-    manifest = _manifest(ref, plain_http)
-    return manifest.get("config", {}).get("digest") if manifest else None
+    found = _manifest(ref, plain_http)
+    if found is None:
+        return None
+    config = found[1].get("config")
+    digest = config.get("digest") if isinstance(config, dict) else None
+    return digest if isinstance(digest, str) and DIGEST.fullmatch(digest) else None
 
 
 def remote_digest(ref: str, plain_http: bool) -> str:
-    return _tool(["oras", "resolve", *_http(plain_http), ref], f"resolving {ref}").strip()
+    out = _tool(["oras", "resolve", *_http(plain_http), "--", _check_ref(ref)], f"resolving {ref}", tool_timeout(METADATA_TIMEOUT)).strip()
+    if not DIGEST.fullmatch(out):
+        raise EngineError(f"resolving {ref}: oras answered {scrub(out[:80])!r}, not a digest")
+    return out
 
 
-def push(local_ref: str, remote_ref: str) -> str:
-    """Push a local image under a remote name; returns the manifest digest. The registry makes
-    the tag point at the manifest only once every blob is in: a killed push leaves no tag."""
-    repository, _, tag = remote_ref.rpartition(":")
-    client().images.get(local_ref).tag(repository, tag)
-    digest = None
-    for event in client().images.push(repository, tag, stream=True, decode=True):
-        if "error" in event:
-            raise EngineError(f"push of {remote_ref} failed: {event['error']}")
-        digest = (event.get("aux") or {}).get("Digest", digest)
-    if digest is None:
-        raise EngineError(f"push of {remote_ref} reported no digest")
-    return str(digest)
+def _docker_save(image_id: str, archive: Path) -> None:
+    _tool(["docker", "save", "--output", str(archive), "--", image_id], f"saving image {image_id[:19]}", tool_timeout(PUSH_TIMEOUT))
 
 
-def create_index(tags: list[str], members: list[str], annotations: dict[str, str], plain_http: bool) -> str:
-    """A multi-arch index of pushed images under each of `tags` (one repository); returns its
-    digest. buildx copies the members into the index's repository and fills in platforms; the
-    index is then re-pushed as an OCI index carrying `annotations` (a Docker list has none)."""
-    # buildx pushes each --tag in parallel, and a registry keeping tags on a filesystem (its link
-    # files are rewritten in place) answers a read that races such a write with 500 or 400: 11
-    # of 300 index moves failed so, none of 300 with one tag here and oras tagging the rest below,
-    # one at a time (it tags in parallel past the first tag by default).
-    _tool(["docker", "buildx", "imagetools", "create", "--tag", tags[0], *members], f"creating the index {tags[0]}")
-    index = json.loads(_tool(["oras", "manifest", "fetch", *_http(plain_http), tags[0]], f"reading the index {tags[0]}"))
-    media_type = "application/vnd.oci.image.index.v1+json"
-    index.update(mediaType=media_type, annotations=annotations)
-    repository = tags[0].rpartition(":")[0]
+def _read_member(archive: Path, member: tarfile.TarInfo, limit: int) -> bytes:
+    if not member.isfile() or member.size > limit:
+        raise EngineError(f"docker save wrote {member.name[:80]!r}: not a file of at most {limit} bytes")
+    with archive.open("rb") as fh:
+        fh.seek(member.offset_data)
+        return fh.read(member.size)
+
+
+def _gzip_layer(archive: Path, member: tarfile.TarInfo, blobs: Path) -> tuple[dict, str]:
+    """One layer of a saved image compressed as `docker push` sends it (gzip; no name and no time
+    in its header, so the same layer gives the same blob on every run): its descriptor and the
+    digest of the uncompressed tar (the config's diff_id)."""
+    if not member.isfile():
+        raise EngineError(f"docker save wrote layer {member.name[:80]!r} that is not a file")
+    raw, packed = hashlib.sha256(), hashlib.sha256()
+    size = 0
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: a gzip stream
+    with tempfile.NamedTemporaryFile(dir=blobs, delete=False) as out, archive.open("rb") as fh:
+        fh.seek(member.offset_data)
+        left = member.size
+        while left:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                raise EngineError(f"docker save's archive ends inside layer {member.name[:80]!r}")
+            left -= len(chunk)
+            raw.update(chunk)
+            block = compressor.compress(chunk)
+            packed.update(block)
+            out.write(block)
+            size += len(block)
+        block = compressor.flush()
+        packed.update(block)
+        out.write(block)
+        size += len(block)
+    Path(out.name).replace(blobs / packed.hexdigest())
+    return {"mediaType": DOCKER_LAYER, "size": size, "digest": "sha256:" + packed.hexdigest()}, "sha256:" + raw.hexdigest()
+
+
+def _oci_layout(image_id: str, work: Path) -> tuple[Path, str]:
+    """The local image as an OCI image layout (a Docker v2 manifest, gzip layers): its directory
+    and the manifest's digest. The config's bytes are the image's own (their digest is its ID)."""
+    archive = work / "image.tar"
+    _docker_save(image_id, archive)
+    with tarfile.open(archive) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    if "manifest.json" not in members:
+        raise EngineError(f"docker save of {image_id[:19]} wrote no manifest.json")
+    saved = _json(_read_member(archive, members["manifest.json"], MAX_MANIFEST_BYTES), "docker save's manifest.json")
+    if not (isinstance(saved, list) and len(saved) == 1 and isinstance(saved[0], dict)):
+        raise EngineError(f"docker save of {image_id[:19]} wrote {len(saved) if isinstance(saved, list) else 'no'} images, not one")
+    config_name, layer_names = saved[0].get("Config"), saved[0].get("Layers")
+    if not isinstance(config_name, str) or not isinstance(layer_names, list) or not all(n in members for n in [config_name, *layer_names]):
+        raise EngineError(f"docker save of {image_id[:19]}: its manifest.json names files the archive lacks")
+    config_bytes = _read_member(archive, members[config_name], MAX_MANIFEST_BYTES)
+    if "sha256:" + hashlib.sha256(config_bytes).hexdigest() != image_id:
+        raise EngineError(f"docker save of {image_id[:19]} gave the config of another image")
+    config = _json(config_bytes, f"the config of {image_id[:19]}")
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else None
+    layout = work / "layout"
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # zlib and sha256 run outside the GIL
+        layers = list(pool.map(lambda name: _gzip_layer(archive, members[name], blobs), layer_names))
+    if diff_ids != [diff_id for _, diff_id in layers]:
+        raise EngineError(f"docker save of {image_id[:19]}: its layers are not the ones its config lists")
+    archive.unlink()
+    (blobs / image_id.split(":", 1)[1]).write_bytes(config_bytes)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": DOCKER_CONFIG, "size": len(config_bytes), "digest": image_id},
+        "layers": [descriptor for descriptor, _ in layers],
+    }, indent=3).encode()  # fmt: skip
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    (blobs / digest.split(":", 1)[1]).write_bytes(manifest)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": DOCKER_MANIFEST, "digest": digest, "size": len(manifest)}]}
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout, digest
+
+
+def push_image(image_id: str, repository: str, plain_http: bool) -> str:
+    """Push a local image into a repository by digest only, under no tag; returns the manifest's
+    digest. Nothing a user pulls by tag can name it until `tag` is called (after signing): a push
+    that fails or is killed leaves at most untagged blobs, which the next push reuses."""
+    if not DIGEST.fullmatch(image_id):
+        raise EngineError(f"not an image ID: {image_id[:80]!r}")
+    require_image(image_id)
+    with tempfile.TemporaryDirectory(prefix="manyforge-push-") as tmp:
+        layout, digest = _oci_layout(image_id, Path(tmp))
+        from_layout = "--from-oci-layout"
+        to_http = ["--to-plain-http"] if plain_http else []
+        _tool(["oras", "cp", from_layout, *to_http, "--", f"{layout}@{digest}", _check_ref(repository)],
+              f"pushing image {image_id[:19]} to {repository}", tool_timeout(PUSH_TIMEOUT))  # fmt: skip
+    return digest
+
+
+def tag(pinned: str, name: str, plain_http: bool) -> None:
+    """Point a tag at a manifest already in its repository (`repository@digest`)."""
+    if "@" not in pinned or not DIGEST.fullmatch(pinned.rpartition("@")[2]) or not TAG.fullmatch(name):
+        raise EngineError(f"tagging {scrub(pinned[:120])!r} as {scrub(name[:130])!r}: expected repository@sha256:<digest> and a tag")
+    # One tag per call: oras tags in parallel past the first, and a registry keeping tags on a
+    # filesystem answers a read racing such a write with 500 (see create_index).
+    _tool(["oras", "tag", *_http(plain_http), "--concurrency", "1", "--", _check_ref(pinned), name],
+          f"tagging {pinned} as {name}", tool_timeout(METADATA_TIMEOUT))  # fmt: skip
+
+
+def create_index(repository: str, members: list[str], annotations: dict[str, str], plain_http: bool) -> str:
+    """A multi-arch OCI index of pushed images (`repository@digest` each, platforms from their
+    configs), pushed into `repository` by digest under no tag; returns its digest. The members
+    are copied into the index's repository by digest first. The caller signs the index, then
+    tags it with `tag`, one tag at a time: a registry keeping tags on a filesystem (its link
+    files are rewritten in place) answered a read racing a parallel tag write with 500 or 400
+    (11 of 300 index moves failed when buildx pushed two tags at once, none of 300 one by one)."""
+    _check_ref(repository)
+    manifests = []
+    for member in members:
+        found = _manifest(member, plain_http)
+        if found is None:
+            raise EngineError(f"creating the index {repository}: its member {member} is not in the registry")
+        raw, manifest = found
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if not member.endswith("@" + digest):
+            raise EngineError(f"creating the index {repository}: {member} answered with a manifest of digest {digest}")
+        config = manifest.get("config")
+        config_digest = config.get("digest") if isinstance(config, dict) else None
+        if not isinstance(config_digest, str) or not DIGEST.fullmatch(config_digest):
+            raise EngineError(f"creating the index {repository}: {member} is not an image manifest")
+        member_repo = member.rpartition("@")[0]
+        config_bytes = _tool(["oras", "blob", "fetch", *_http(plain_http), "--output", "-", "--", f"{member_repo}@{config_digest}"],
+                             f"reading the config of {member}", tool_timeout(METADATA_TIMEOUT), binary=True)  # fmt: skip
+        image_config = _json(config_bytes, f"the config of {member}")
+        if not isinstance(image_config, dict) or not all(isinstance(image_config.get(k), str) for k in ("os", "architecture")):
+            raise EngineError(f"creating the index {repository}: the config of {member} names no platform")
+        platform = {"architecture": image_config["architecture"], "os": image_config["os"]}
+        if isinstance(image_config.get("variant"), str) and image_config["variant"]:
+            platform["variant"] = image_config["variant"]
+        media_type = manifest.get("mediaType") if isinstance(manifest.get("mediaType"), str) else DOCKER_MANIFEST
+        if member_repo != repository:
+            http = ["--from-plain-http", "--to-plain-http"] if plain_http else []
+            _tool(["oras", "cp", *http, "--", member, repository], f"copying {member} into {repository}", tool_timeout(PUSH_TIMEOUT))
+        manifests.append({"mediaType": media_type, "digest": digest, "size": len(raw), "platform": platform})
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests, "annotations": annotations}, indent=1).encode()
+    digest = "sha256:" + hashlib.sha256(index).hexdigest()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "index.json"
-        path.write_text(json.dumps(index))
-        target = repository + ":" + ",".join(t.rpartition(":")[2] for t in tags)
-        _tool(["oras", "manifest", "push", *_http(plain_http), "--concurrency", "1", "--media-type", media_type, target, str(path)],
-              f"pushing the index {tags[0]}")  # fmt: skip
-    return remote_digest(tags[0], plain_http)
+        path.write_bytes(index)
+        _tool(["oras", "manifest", "push", *_http(plain_http), "--media-type", OCI_INDEX, "--", f"{repository}@{digest}", str(path)],
+              f"pushing the index {repository}@{digest}", tool_timeout(PUSH_TIMEOUT))  # fmt: skip
+    return digest
 
 
 def _cosign_env() -> dict[str, str]:
     # The key's password comes from COSIGN_PASSWORD in the caller's environment; nothing is logged.
+    # Set even when empty: cosign would otherwise ask for it on a terminal.
     return dict(os.environ, COSIGN_PASSWORD=os.environ.get("COSIGN_PASSWORD", ""))
+
+
+def _pinned(ref: str) -> str:
+    """Signatures are made by digest only: a tag may move between resolving and signing."""
+    if "@" not in ref or not DIGEST.fullmatch(ref.rpartition("@")[2]):
+        raise EngineError(f"signing {scrub(ref[:120])!r}: only a repository@sha256:<digest> reference is signed")
+    return _check_ref(ref)
+
+
+def cosign_check_key(key: Path) -> str:
+    """The public half of a cosign private key, which proves that the key is one and that
+    COSIGN_PASSWORD opens it: checked before anything is pushed."""
+    try:
+        out = _tool(["cosign", "public-key", f"--key={key.resolve()}"], f"--key {key}", tool_timeout(METADATA_TIMEOUT), env=_cosign_env())
+    except EngineError as exc:
+        raise EngineError(f"{exc}; the key must be a cosign private key that COSIGN_PASSWORD opens") from None
+    if not out.startswith("-----BEGIN PUBLIC KEY-----"):
+        raise EngineError(f"--key {key}: cosign gave no public key for it")
+    return out
 
 
 def cosign_sign(ref: str, key: Path) -> None:
     # No transparency log is reachable here: the signature lives in the registry beside the image.
-    _tool(["cosign", "sign", "--key", str(key), "--tlog-upload=false", "--allow-http-registry", "--yes", ref],
-          f"signing {ref}", env=_cosign_env())  # fmt: skip
+    _tool(["cosign", "sign", f"--key={key.resolve()}", "--tlog-upload=false", "--allow-http-registry", "--yes", "--", _pinned(ref)],
+          f"signing {ref}", tool_timeout(SIGN_TIMEOUT), env=_cosign_env())  # fmt: skip
 
 
 def cosign_attest(ref: str, key: Path, predicate: Path, predicate_type: str) -> None:
-    _tool(["cosign", "attest", "--key", str(key), "--tlog-upload=false", "--allow-http-registry", "--yes",
-           "--predicate", str(predicate), "--type", predicate_type, ref], f"attesting {ref}", env=_cosign_env())  # fmt: skip
+    _tool(["cosign", "attest", f"--key={key.resolve()}", "--tlog-upload=false", "--allow-http-registry", "--yes",
+           f"--predicate={predicate.resolve()}", f"--type={predicate_type}", "--", _pinned(ref)],
+          f"attesting {ref}", tool_timeout(SIGN_TIMEOUT), env=_cosign_env())  # fmt: skip
 
 
 def cosign_public_key(key: Path, dest: Path) -> Path:
     """The public half of a cosign key pair, written to `dest`."""
-    dest.write_text(_tool(["cosign", "public-key", "--key", str(key)], "reading the public key", env=_cosign_env()))
+    dest.write_text(cosign_check_key(key))
     return dest
 
 
 def cosign_verify(ref: str, public_key: Path) -> list[dict]:
-    out = _tool(["cosign", "verify", "--key", str(public_key), "--insecure-ignore-tlog", "--allow-http-registry", ref],
-                f"verifying the signature of {ref}")  # fmt: skip
-    return json.loads(out)
+    out = _tool(["cosign", "verify", f"--key={public_key.resolve()}", "--insecure-ignore-tlog", "--allow-http-registry", "--", _check_ref(ref)],
+                f"verifying the signature of {ref}", tool_timeout(SIGN_TIMEOUT))  # fmt: skip
+    verified = _json(out, f"cosign's verification of {ref}")
+    if not isinstance(verified, list) or not all(isinstance(v, dict) for v in verified):
+        raise EngineError(f"verifying the signature of {ref}: cosign's answer is not a list of objects")
+    return verified
 
 
 def verified_attestation(ref: str, public_key: Path, predicate_type: str) -> dict:
     """The predicate of the newest attestation of a type, after checking its signature."""
-    out = _tool(["cosign", "verify-attestation", "--key", str(public_key), "--insecure-ignore-tlog", "--allow-http-registry",
-                 "--type", predicate_type, ref], f"verifying the {predicate_type} attestation of {ref}")  # fmt: skip
-    statements = [json.loads(base64.b64decode(json.loads(line)["payload"])) for line in out.splitlines() if line.strip()]
-    return dict(statements[-1]["predicate"])
+    what = f"verifying the {predicate_type} attestation of {ref}"
+    out = _tool(["cosign", "verify-attestation", f"--key={public_key.resolve()}", "--insecure-ignore-tlog", "--allow-http-registry",
+                 f"--type={predicate_type}", "--", _check_ref(ref)], what, tool_timeout(SIGN_TIMEOUT))  # fmt: skip
+    predicates = []
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        envelope = _json(line, what)
+        payload = envelope.get("payload") if isinstance(envelope, dict) else None
+        try:
+            statement = _json(base64.b64decode(payload, validate=True), what) if isinstance(payload, str) else None
+        except ValueError:
+            statement = None
+        if not isinstance(statement, dict) or not isinstance(statement.get("predicate"), dict):
+            raise EngineError(f"{what}: cosign gave an attestation without a predicate")
+        predicates.append(statement["predicate"])
+    if not predicates:
+        raise EngineError(f"{what}: cosign verified no attestation")
+    return dict(predicates[-1])
 
 
 def verified_sbom(ref: str, public_key: Path) -> dict:
     return verified_attestation(ref, public_key, "cyclonedx")
+
+
+def signed_with(ref: str, public_key: Path) -> bool:
+    """Whether a pushed image carries a signature and an SBOM attestation the key verifies (a
+    re-run leaves a release it finds complete as it is)."""
+    try:
+        cosign_verify(ref, public_key)
+        verified_sbom(ref, public_key)
+    except EngineError:
+        return False
+    return True
+
+
+def read_image_file(image_id: str, path: str, limit: int) -> bytes:
+    """A regular file of a local image, read from a container that is created but never started
+    (no emulator, and images without a shell work too)."""
+    require_image(image_id)
+    c = client()
+    container = c.containers.create(image_id, ["/manyforge-never-runs"], network_disabled=True)
+    try:
+        stream, _ = container.get_archive(path)
+        data = bytearray()
+        for chunk in stream:
+            data += chunk
+            if len(data) > limit + 65536:
+                raise EngineError(f"{path} in image {image_id[:19]} is larger than {limit} bytes")
+    except docker.errors.NotFound:
+        raise EngineError(f"image {image_id[:19]} has no {path}") from None
+    finally:
+        container.remove(force=True)
+    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+        member = tar.next()
+        if member is None or not member.isfile() or member.size > limit:
+            raise EngineError(f"{path} in image {image_id[:19]} is not a regular file of at most {limit} bytes")
+        fh = tar.extractfile(member)
+        assert fh is not None
+        return fh.read()
 
 
 def image_labels(ref: str) -> dict[str, str]:

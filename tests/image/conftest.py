@@ -22,6 +22,7 @@ import functools
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +30,13 @@ import pytest
 import testinfra
 
 from manyforge import engine, pipeline, publish
-from manyforge.render import Target, resolve_target
+from manyforge.render import Target, resolve_target, wheel_pins
 from manyforge.sources import SourceCache
 from manyforge.spec import DEFAULT_SPEC, Spec, load_spec
 
 SAMPLE = Path(__file__).parent / "sample"
+HERE = Path(__file__).resolve().parent
+NATIVE = ("x86_64", "i686")  # what runs on this host without QEMU
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ def host(built_image: BuiltImage):
 
 # --- test records: what `invoke publish` requires of an image --------------------------------
 
-_RESULTS: dict[str, dict] = {}  # image id -> its outcome counts
+_RESULTS: dict[str, dict] = {}  # image id -> its target, ref and each test's outcome
 
 
 @functools.cache
@@ -166,50 +169,63 @@ def _image_id(ref: str) -> str:
     return engine.image_id(ref)
 
 
+def _publishing(item) -> bool:
+    """Publishing tests are not the image's own: they need its record, they do not make it."""
+    return "recorded_image" in getattr(item, "fixturenames", ())
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     built = item.funcargs.get("built_image") if hasattr(item, "funcargs") else None
-    if not isinstance(built, BuiltImage) or (report.when != "call" and not report.failed and not report.skipped):
-        return
-    if "recorded_image" in item.fixturenames:  # publishing tests are not the image's own
+    if not isinstance(built, BuiltImage) or _publishing(item):
         return
     # By image ID: pytest may set a session fixture up again (a new dated tag for the same,
     # cached image); the tests of one image count together whatever tag they ran against.
-    entry = _RESULTS.setdefault(_image_id(built.ref), {"target": built.target, "passed": 0, "failed": 0, "skipped": 0})
+    entry = _RESULTS.setdefault(_image_id(built.ref), {"target": built.target, "outcomes": {}})
     entry["ref"] = built.ref
+    # One outcome per test, the worst of its phases: a failure anywhere (setup, call, teardown)
+    # fails it; a skip is not a pass (a test that does not apply is deselected at collection).
+    outcomes = entry["outcomes"]
     if report.failed:
-        entry["failed"] += 1
-    elif report.skipped:
-        entry["skipped"] += 1
-    elif report.when == "call":
-        entry["passed"] += 1
+        outcomes[item.nodeid] = "failed"
+    elif report.skipped and outcomes.get(item.nodeid) != "failed":
+        outcomes[item.nodeid] = "skipped"
+    elif report.when == "call" and item.nodeid not in outcomes:
+        outcomes[item.nodeid] = "passed"
 
 
-def _expected(session, target: Target) -> int:
+def _collected(session, target: Target) -> int:
     """How many of the session's tests check this image (publishing ones aside)."""
-    return sum(
-        1 for item in session.items
-        if getattr(_item_target(item), "slug", None) == target.slug and "recorded_image" not in item.fixturenames
-    )  # fmt: skip
+    return sum(1 for item in session.items if getattr(_item_target(item), "slug", None) == target.slug and not _publishing(item))
+
+
+def _whole_suite(session) -> bool:
+    """Whether the session selected every image test: all of this folder's test modules (the
+    publishing one aside), no -k, -m, --deselect or --last-failed."""
+    option = session.config.option
+    if option.keyword or option.markexpr or option.deselect or getattr(option, "lf", False):
+        return False
+    wanted = {p.name for p in HERE.glob("test_*.py")} - {"test_publish.py"}
+    return wanted <= session.config.stash.get(_MODULES, set())
 
 
 def _record(session, ref: str, entry: dict) -> publish.TestRecord:
-    option = session.config.option
-    selected_all = not option.keyword and not option.markexpr and not option.deselect and not getattr(option, "lf", False)
-    ran = entry["passed"] + entry["failed"] + entry["skipped"]
+    outcomes = list(entry["outcomes"].values())
+    collected = _collected(session, entry["target"])
     return publish.TestRecord(
         image_id=engine.image_id(ref), slug=entry["target"].slug, ref=ref,
-        spec_revision=publish.spec_revision(entry["target"].spec), passed=entry["passed"], failed=entry["failed"],
-        skipped=entry["skipped"], complete=selected_all and ran >= _expected(session, entry["target"]),
+        spec_revision=publish.spec_revision(entry["target"].spec), collected=collected,
+        passed=outcomes.count("passed"), failed=outcomes.count("failed"), skipped=outcomes.count("skipped"),
+        complete=_whole_suite(session) and len(outcomes) == collected,
     )  # fmt: skip
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Record, per image tested, its exact digest, the spec revision and the outcome; only a
-    complete, passing run (every test of the image ran, none failed, nothing deselected) lets
-    `invoke publish` push it."""
+    complete, passing run (every test of the image ran and passed, nothing skipped or
+    deselected) lets `invoke publish` push it."""
     # E.g. after -x or Ctrl-C: build nothing more, and end a running build (pytest would wait).
     _STOP.set()
     _BUILDER.shutdown(wait=False, cancel_futures=True)
@@ -228,12 +244,69 @@ def recorded_image(request, built_image: BuiltImage) -> BuiltImage:
     entry = _RESULTS.get(_image_id(built_image.ref))
     record = _record(request.session, built_image.ref, entry) if entry else None
     if record is None or not record.ok:
-        pytest.fail(
-            f"{built_image.target.slug}: its image tests did not all run and pass in this session ({record}; "
-            f"{_expected(request.session, built_image.target)} expected): not publishable"
-        )
+        verdict = record.verdict() if record else "none of its tests ran"
+        pytest.fail(f"{built_image.target.slug}: its image tests did not all run and pass in this session ({verdict}): not publishable")
     publish.write_test_record(record)
     return built_image
+
+
+# --- tests that do not apply to an image ---------------------------------------------------------
+
+# A test that does not apply to an image is deselected at collection, never skipped when it runs:
+# a skip counts against the image's record. `@pytest.mark.applies_to(predicate)` on a test (or
+# an entry here, for modules that do not carry the marker) names the targets it applies to; each
+# predicate reads only the target: its arch, image, interpreters and locked wheels.
+Applies = Callable[[Target], bool]
+_MODULES = pytest.StashKey[set[str]]()  # this folder's test modules the session collected
+
+
+def _locked(target: Target, *names: str) -> bool:
+    return set(names) <= {w.name for w in wheel_pins(target.spec, target.image, target.arch)}
+
+
+APPLIES_TO: dict[str, Applies] = {
+    # cibuildwheel runs the native images here, points CIBW_MANYLINUX_* at the image, and runs
+    # its helpers with cp39 (CI subsets without it do not apply).
+    "test_cibuildwheel.py::test_cibuildwheel_builds_repairs_and_tests_every_interpreter": lambda t: (
+        t.arch in NATIVE and t.image.policy.startswith("manylinux") and "cp39-cp39" in t.interpreters
+    ),
+    "test_completeness.py::test_compilers_default_to_the_baseline_march": lambda t: t.arch == "x86_64",
+    "test_completeness.py::test_fix_toolchain_wraps_a_compiler_that_defaults_to_x86_64_v2": lambda t: t.arch == "x86_64",
+    # cmake and ninja are optional tools: installed where they publish wheels for the platform.
+    "test_dropin.py::test_cmake_with_ninja_builds_a_project": lambda t: _locked(t, "cmake", "ninja"),
+    "test_dropin.py::test_manylinux_interpreters_downloads_only_what_its_pin_matches": lambda t: bool(t.downloadable),
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "applies_to(predicate): the image targets (render.Target -> bool) a test applies to")
+
+
+def _applies(item) -> Applies | None:
+    marker = item.get_closest_marker("applies_to")
+    if marker is not None:
+        return marker.args[0]
+    if Path(str(item.path)).resolve().parent != HERE:
+        return None
+    return APPLIES_TO.get(f"{Path(str(item.path)).name}::{getattr(item, 'originalname', item.name)}")
+
+
+def _deselect_what_does_not_apply(config, items: list) -> None:
+    modules = {}
+    for item in items:
+        if Path(str(item.path)).resolve().parent == HERE:
+            modules.setdefault(Path(str(item.path)).name, item.module)
+    config.stash[_MODULES] = set(modules)
+    stale = [key for key in APPLIES_TO if key.split("::")[0] in modules and not hasattr(modules[key.split("::")[0]], key.split("::")[1])]
+    if stale:
+        raise pytest.UsageError(f"tests/image/conftest.py APPLIES_TO names tests that do not exist: {', '.join(stale)}")
+    kept, deselected = [], []
+    for item in items:
+        target, applies = _item_target(item), _applies(item)
+        (deselected if target is not None and applies is not None and not applies(target) else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering, which it would undo
@@ -242,11 +315,13 @@ def pytest_collection_modifyitems(session, config, items):
     so a test would soon wait for the next image's build rather than run beside it. Publishing
     tests run last: they need every other test of their image to have passed. Tests of no image
     run after the first image's tests, beside the second one's build (the first image's build
-    starts only when its first test asks for it)."""
+    starts only when its first test asks for it). Tests that do not apply to an image are
+    deselected first."""
+    _deselect_what_does_not_apply(config, items)
     index = {_key(t): i for i, t in enumerate(TARGETS)}
 
     def order(item) -> tuple[bool, float]:
         target = _item_target(item)
-        return "recorded_image" in getattr(item, "fixturenames", ()), 0.5 if target is None else index.get(_key(target), -1)
+        return _publishing(item), 0.5 if target is None else index.get(_key(target), -1)
 
     items.sort(key=order)
