@@ -43,7 +43,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:@/-]*")
 # A Docker image reference: [host[:port]/]name[/name...][:tag][@sha256:digest]
 _REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REF_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?"
+# A registry host is told from a first path component by a `.` or a port, or is localhost.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+REGISTRY_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})+(?::[0-9]{{1,5}})?|{_LABEL}:[0-9]{{1,5}}|localhost)"
+_REF_HOST = rf"(?:{REGISTRY_HOST}/)?"
 IMAGE_REF = re.compile(
     rf"{_REF_HOST}{_REF_COMPONENT}(?:/{_REF_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?"
 )

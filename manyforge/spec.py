@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from manyforge.arches import Arch
+from manyforge.quoting import REGISTRY_HOST
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO_ROOT / "images.yaml"
@@ -186,7 +187,7 @@ PinnedRef = Annotated[
     str,
     StringConstraints(
         strict=True, max_length=300,
-        pattern=rf"^(?:{_HOST}/)?{_REF}(?:/{_REF})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?@sha256:[0-9a-f]{{64}}$",
+        pattern=rf"^(?:{REGISTRY_HOST}/)?{_REF}(?:/{_REF})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?@sha256:[0-9a-f]{{64}}$",
     ),
 ]  # fmt: skip
 MirrorUrl = Annotated[str, StringConstraints(strict=True, max_length=300, pattern=rf"^https://{_HOST}(?:/{_SEGMENT})*$"), AfterValidator(_port_in_range)]
@@ -722,7 +723,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _load_lock(lock_path: Path) -> LockFile | None:
+def load_lock(lock_path: Path) -> LockFile | None:
     if not lock_path.exists():
         return None
     text = read_input(lock_path)
@@ -769,11 +770,17 @@ def load_spec(path: Path | str = DEFAULT_SPEC, lock_path: Path | str | None = No
         raise SpecError([f"{path.name}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
     if not isinstance(raw, dict):
         raise SpecError([f"{path.name}: the top level must be a mapping with keys: {_allowed_keys(SpecFile)}"])
+    return spec_from_data(raw, path, load_lock(lock_path), lock_path, check_lock, document)
+
+
+def spec_from_data(
+    raw: dict[str, Any], path: Path, lock: LockFile | None, lock_path: Path, check_lock: bool = True, document: yaml.Node | None = None
+) -> Spec:
+    """Validate an already parsed matrix (`path` names it in messages) against its lock."""
     try:
         data = SpecFile.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(_format_pydantic(path, exc, document=document)) from None
-    lock = _load_lock(lock_path)
     wheels = dict(lock.platforms) if lock else {}
     frontend = dict(lock.interpreters) if lock else {}
     problems = _cross_check(path, data, wheels, lock_path, check_lock) + (
