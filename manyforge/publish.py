@@ -184,7 +184,7 @@ def read_test_record(image_id: str) -> TestRecord:
     except UnicodeDecodeError:
         raise RecordError(f"its test record {path} is not ASCII") from None
     except (ValueError, RecursionError) as exc:
-        raise RecordError(f"its test record {path} is not valid JSON ({str(exc)[:80]})") from None
+        raise RecordError(f"its test record {path} is not valid JSON ({str(exc)[:120]})") from None
     try:
         return TestRecord.model_validate(raw)
     except ValidationError as exc:
