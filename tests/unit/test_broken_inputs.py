@@ -106,6 +106,44 @@ SPEC_CASES = [
     ("unknown-key", edit("    toolchain: debian-gcc-10\n", "    toolchain: debian-gcc-10\n    tolchain: x\n"),
      "images.manylinux_2_31.tolchain: unknown key"),
     ("long-value-is-cut", edit("org: manyforge", "org: " + "x" * 200_000), "chars)"),
+    # Issue 17's classes: injection, traversal, references Docker refuses, keys that would be ignored.
+    ("repo-file-injection", edit("i686: https://copr.fedorainfracloud.org/coprs/mayeut/devtoolset-10/repo/custom-1/",
+                                 "i686: https://copr.example/$(touch${IFS}/tmp/PWNED)/"), "toolchains.devtoolset-10.repo_files.i686"),
+    ("repo-file-backtick", edit("mayeut-devtoolset-10-custom-1.repo", "`id`.repo"), "toolchains.devtoolset-10.repo_files.i686"),
+    ("repo-file-dotdot", edit("custom-1/mayeut-devtoolset-10-custom-1.repo", "custom-1/.."), "toolchains.devtoolset-10.repo_files.i686"),
+    ("url-dotdot", edit("https://github.com/openssl/openssl/releases/download/openssl-3.5.7/openssl-3.5.7.tar.gz",
+                        "https://github.com/openssl/.."), "libraries.openssl.url"),
+    ("url-dot-lock", edit("https://github.com/openssl/openssl/releases/download/openssl-3.5.7/openssl-3.5.7.tar.gz",
+                          "https://github.com/openssl/.lock"), "libraries.openssl.url"),
+    ("url-query", edit("https://github.com/openssl/openssl/releases/download/openssl-3.5.7/openssl-3.5.7.tar.gz",
+                       "https://github.com/x?a=1&b=2/openssl-3.5.7.tar.gz"), "libraries.openssl.url"),
+    ("prefix-dotdot", edit("prefix: /opt/rh/devtoolset-10/root/usr", "prefix: /opt/rh/../../../usr"), "toolchains.devtoolset-10.prefix"),
+    ("base-ref-traversal", edit("image: centos:7@sha256", "image: a/../../x@sha256"), "bases.centos7.image"),
+    ("base-ref-uppercase", edit("image: centos:7@sha256", "image: CentOS:7@sha256"), "bases.centos7.image"),
+    ("suite-plus", edit("debootstrap: bookworm", "debootstrap: bookworm+x"), "bases.debian12.debootstrap"),
+    ("suite-option", edit("debootstrap: bookworm", 'debootstrap: "--print-debs"'), "bases.debian12.debootstrap"),
+    ("base-name-uppercase", edit("  debian12:\n    family: apt", "  Debian12:\n    family: apt"), "bases.Debian12"),
+    ("library-twice", edit("libraries: [openssl, sqlite, zstd]\n  almalinux8", "libraries: [openssl, sqlite, openssl]\n  almalinux8"),
+     "bases.centos7: libraries: listed twice: openssl"),
+    ("package-twice", edit("packages: [libffi8, libssl3]", "packages: [libffi8, libffi8]"), "listed twice: libffi8"),
+    ("mirror-on-apt", edit("    packages: [libffi8, libssl3]", "    packages: [libffi8, libssl3]\n    mirror: https://example.org"),
+     "bases.debian12.mirror: family apt does not use it"),
+    ("repositories-on-yum", edit("    mirror: https://vault.centos.org", "    mirror: https://vault.centos.org\n    repositories: [x]"),
+     "bases.centos7.repositories: family yum does not use it"),
+    ("repo-files-on-dnf", edit("  gcc-toolset-13:\n    gcc: \"13\"", "  gcc-toolset-13:\n    gcc: \"13\"\n    repo_files: {x86_64: https://example.org/x.repo}"),
+     "toolchain 'gcc-toolset-13' sets repo_files"),
+    ("cross-on-apk", edit("  alpine-gcc-14:\n    gcc: \"14\"", "  alpine-gcc-14:\n    gcc: \"14\"\n    cross: gcc-14"),
+     "toolchain 'alpine-gcc-14' sets cross"),
+    ("march-native", edit("march: {x86_64: x86-64}  # EL9", "march: {x86_64: native}  # EL9"), "bases.almalinux9.march.x86_64: 'native'"),
+    ("port-out-of-range", edit("mirror: https://vault.centos.org", "mirror: https://vault.centos.org:99999"), "port 99999 is not in 1-65535"),
+    ("unicode-digits", edit('cp310-cp310: {cpython: "3.10.20"}', 'cp310-cp310: {cpython: "3.10.２0"}'), "interpreters.cp310-cp310.cpython"),
+    ("downloadable-python-mismatch", edit('version: "7.3.19"\n    python: "3.10"', 'version: "7.3.19"\n    python: "3.11"'),
+     "downloadable.pp310-pypy310_pp73: python: 3.11 does not match the tag"),
+    ("downloadable-implementation", edit('  pp310-pypy310_pp73:\n    implementation: pypy', '  pp310-pypy310_pp73:\n    implementation: graalpy'),
+     "downloadable.pp310-pypy310_pp73: implementation: graalpy does not match"),
+    ("tool-version-not-locked", edit('tool_versions: {cmake: "4.0.3"', 'tool_versions: {cmake: "9.9.9"'),
+     "no arch of the image has a pin for cmake==9.9.9"),
+    ("deep-nesting", raw(b"a: " + b"[" * 20000 + b"]" * 20000 + b"\n"), "images.yaml: nested too deeply"),
 ]
 
 
@@ -160,6 +198,9 @@ OPTION_CASES = [
     ("changelog-format", ["changelog", "--registry", "h/n", "--from-tag", "a", "--to-tag", "b", "--public-key", "p", "--format", "xml"],
      {}, "--format 'xml'"),
     ("policy-dumps-missing", ["policy", "derive", "--dumps", "/nonexistent.json"], {}, "/nonexistent.json"),
+    ("policy-suite-traversal", ["policy", "dump", "--suite", "../../../../tmp/evil"], {}, "--suite '../../../../tmp/evil': not a Debian suite"),
+    ("policy-suite-option", ["policy", "dump", "--suite=--print-debs"], {}, "--suite '--print-debs': not a Debian suite"),
+    ("policy-suite-plus", ["policy", "dump", "--suite", "bookworm+x"], {}, "not a Debian suite"),
 ]
 
 
@@ -194,6 +235,11 @@ LOCK_CASES = [
     ("duplicate", lambda lock, p: (lock["interpreters"]["cp39-cp39"].append(lock["interpreters"]["cp39-cp39"][0]),
                                    p.write_text(json.dumps(lock))), "interpreters.cp39-cp39: listed twice"),
     ("unknown-key", lambda lock, p: p.write_text(json.dumps({**lock, "extra": 1})), "wheels.lock.json: extra: unknown key"),
+    ("duplicate-key", lambda lock, p: p.write_text(json.dumps(lock).replace('"interpreters": {', '"interpreters": {"cp39-cp39": [], ', 1)),
+     "wheels.lock.json: duplicate key 'cp39-cp39'"),
+    ("two-hashes", lambda lock, p: (lock["interpreters"]["cp311-cp311"].__setitem__(
+        0, {**lock["interpreters"]["cp311-cp311"][0], "sha256": "0" * 64}), p.write_text(json.dumps(lock))), "pinned with 2 different sha256"),
+    ("deep-nesting", lambda lock, p: p.write_text("[" * 100_000 + "]" * 100_000), "wheels.lock.json: nested too deeply"),
 ]
 
 
