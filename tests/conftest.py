@@ -1,4 +1,8 @@
-"""Shared fixtures: the real spec of the repository."""
+"""Shared fixtures: the real spec of the repository (or MANYFORGE_SPEC's), loaded once.
+
+A broken MANYFORGE_SPEC (or lock) stops the run before collection with pytest's one-line usage
+error naming the variable and the problem, not a traceback from a fixture or a conftest import.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,20 @@ import os
 
 import pytest
 
-from manyforge.spec import DEFAULT_SPEC, Spec, load_spec
+from manyforge.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
+
+_SPEC: list[Spec] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    chosen = os.environ.get("MANYFORGE_SPEC")
+    try:
+        _SPEC.append(load_spec(chosen or DEFAULT_SPEC))
+    except SpecError as exc:
+        where = f"MANYFORGE_SPEC={chosen[:200]!r}: " if chosen else ""
+        raise pytest.UsageError(where + "; ".join(exc.problems)[:2000]) from None
 
 
 @pytest.fixture(scope="session")
 def spec() -> Spec:
-    return load_spec(os.environ.get("MANYFORGE_SPEC") or DEFAULT_SPEC)
+    return _SPEC[0]
