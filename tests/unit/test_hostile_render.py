@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shlex
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +24,7 @@ import yaml
 
 from manyforge import quoting
 from manyforge.render import render_dockerfile, resolve_target, write_packages_check
-from manyforge.spec import DEFAULT_SPEC, Spec, SpecError, lock_path_default, load_lock, spec_from_data
+from manyforge.spec import DEFAULT_SPEC, Spec, SpecError, load_lock, lock_path_default, spec_from_data
 
 RAW = yaml.safe_load(DEFAULT_SPEC.read_text())
 LOCK_PATH = lock_path_default()
