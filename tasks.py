@@ -20,7 +20,7 @@ from manyforge import pipeline
 from manyforge import policy as policy_module
 from manyforge import publish as publish_module
 from manyforge.arches import ARCHES
-from manyforge.engine import EngineError
+from manyforge.engine import EngineError, scrub
 from manyforge.policy import PolicyError
 from manyforge.render import render_dockerfile
 from manyforge.sources import SourceCache, SourceError, write_lock
@@ -40,7 +40,8 @@ def _guard(fn):
         except PolicyError as exc:
             raise Exit("error: " + "\nerror: ".join(exc.problems), code=1) from None
         except (SourceError, EngineError, publish_module.PublishError) as exc:
-            raise Exit(f"error: {exc}", code=1) from None
+            # Scrubbed: no secret of the environment (COSIGN_PASSWORD, registry tokens) is shown.
+            raise Exit(f"error: {scrub(str(exc))}", code=1) from None
         except BrokenPipeError:
             # `invoke matrix | head`: the reader left; say nothing more, like any filter.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -303,7 +304,7 @@ def publish(c, registry, image=None, arch=None, key=None, subset=False, tag=None
         raise Exit("error: --key (or MANYFORGE_COSIGN_KEY): a cosign private key is needed to sign", code=2)
     catalog = publish_module.publish(
         s, _image(s, image), _list(arch, "arch"), registry, Path(key_path), subset=subset, tag=tag, index_only=index_only,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        log=lambda line: print(scrub(line), file=sys.stderr, flush=True),
     )  # fmt: skip
     print(json.dumps(catalog, indent=1))
 

@@ -436,7 +436,9 @@ def tool_timeout(default: int) -> int:
 def scrub(text: str) -> str:
     """Tool output fit for a message: secrets of the environment replaced, control characters
     (a hostile registry's error text reaches the terminal) shown as `?`."""
-    secrets = {v for k, v in os.environ.items() if v and (SECRET_NAMES.search(k) or k == "COSIGN_PASSWORD")}
+    # Any value of COSIGN_PASSWORD, however short; other secrets from 6 characters on (a flag such
+    # as TOKEN_ENABLED=1 would otherwise blank every digit of a message).
+    secrets = {v for k, v in os.environ.items() if (k == "COSIGN_PASSWORD" and v) or (SECRET_NAMES.search(k) and len(v) >= 6)}
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return "".join(ch if ch.isprintable() or ch in "\n\t" else "?" for ch in text)
