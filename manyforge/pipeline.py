@@ -20,6 +20,7 @@ from manyforge import engine, policy
 from manyforge.arches import ARCHES
 from manyforge.render import Target, packages_checks, resolve_target, write_context, write_packages_check
 from manyforge.sources import (
+    Address,
     Pin,
     SourceCache,
     SourceError,
@@ -69,12 +70,14 @@ def fetch(
         raise SourceError(f"--origin {origin[:100]!r}: unknown; choose one of: {', '.join(ORIGINS)}")
     if seed_dir is not None and not seed_dir.is_dir():
         raise SourceError(f"--from-dir {seed_dir}: not a directory")
+    # Parsed before the cache is touched: a bad --mirror leaves nothing behind.
+    address = Address.parse(mirror, "--mirror") if mirror is not None else None
     with cache.filling():
-        return _fetch(spec, cache, targets, origin, seed_dir, mirror)
+        return _fetch(spec, cache, targets, origin, seed_dir, address)
 
 
 def _fetch(
-    spec: Spec, cache: SourceCache, targets: list[Target], origin: str, seed_dir: Path | None, mirror: str | None
+    spec: Spec, cache: SourceCache, targets: list[Target], origin: str, seed_dir: Path | None, mirror: Address | None
 ) -> list[Target]:
     if seed_dir is not None:
         accepted = cache.seed_dir(seed_dir, all_pins(spec))
