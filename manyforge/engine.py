@@ -568,32 +568,38 @@ def _read_member(archive: Path, member: tarfile.TarInfo, limit: int) -> bytes:
         return fh.read(member.size)
 
 
-def _gzip_layer(archive: Path, member: tarfile.TarInfo, blobs: Path) -> tuple[dict, str]:
-    """One layer of a saved image compressed as `docker push` sends it (gzip; no name and no time
-    in its header, so the same layer gives the same blob on every run): its descriptor and the
-    digest of the uncompressed tar (the config's diff_id)."""
+GZIP_LEVEL = 6  # docker push's own level: users pull what is pushed many times over
+GZIP_MEMBER = 32 << 20  # bytes of a layer per gzip member: members compress in parallel
+
+
+def _gzip_member(archive: Path, offset: int, length: int) -> tuple[bytes, bytes]:
+    """One stretch of a saved layer and its gzip member (no name, no time: the same bytes give
+    the same member on every run)."""
+    with archive.open("rb") as fh:
+        fh.seek(offset)
+        data = fh.read(length)
+    if len(data) != length:
+        raise EngineError("docker save's archive ends inside a layer")
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: a gzip stream
+    return data, compressor.compress(data) + compressor.flush()
+
+
+def _gzip_layer(archive: Path, member: tarfile.TarInfo, blobs: Path, pool: concurrent.futures.Executor) -> tuple[dict, str]:
+    """One layer of a saved image compressed as gzip, as `docker push` sends it: its descriptor and
+    the digest of the uncompressed tar (the config's diff_id). The layer is compressed in
+    stretches on every core, each a gzip member of its own; a gzip file may hold several members
+    in a row (RFC 1952), and Go's reader in the engines and registries reads them all."""
     if not member.isfile():
         raise EngineError(f"docker save wrote layer {member.name[:80]!r} that is not a file")
     raw, packed = hashlib.sha256(), hashlib.sha256()
     size = 0
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: a gzip stream
-    with tempfile.NamedTemporaryFile(dir=blobs, delete=False) as out, archive.open("rb") as fh:
-        fh.seek(member.offset_data)
-        left = member.size
-        while left:
-            chunk = fh.read(min(left, 1 << 20))
-            if not chunk:
-                raise EngineError(f"docker save's archive ends inside layer {member.name[:80]!r}")
-            left -= len(chunk)
-            raw.update(chunk)
-            block = compressor.compress(chunk)
-            packed.update(block)
-            out.write(block)
-            size += len(block)
-        block = compressor.flush()
-        packed.update(block)
-        out.write(block)
-        size += len(block)
+    stretches = [(member.offset_data + start, min(GZIP_MEMBER, member.size - start)) for start in range(0, member.size, GZIP_MEMBER)]
+    with tempfile.NamedTemporaryFile(dir=blobs, delete=False) as out:
+        for data, gz in pool.map(lambda stretch: _gzip_member(archive, *stretch), stretches or [(member.offset_data, 0)]):
+            raw.update(data)
+            packed.update(gz)
+            out.write(gz)
+            size += len(gz)
     Path(out.name).replace(blobs / packed.hexdigest())
     return {"mediaType": DOCKER_LAYER, "size": size, "digest": "sha256:" + packed.hexdigest()}, "sha256:" + raw.hexdigest()
 
@@ -621,8 +627,8 @@ def _oci_layout(image_id: str, work: Path) -> tuple[Path, str]:
     layout = work / "layout"
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # zlib and sha256 run outside the GIL
-        layers = list(pool.map(lambda name: _gzip_layer(archive, members[name], blobs), layer_names))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # zlib runs outside the GIL
+        layers = [_gzip_layer(archive, members[name], blobs, pool) for name in layer_names]
     if diff_ids != [diff_id for _, diff_id in layers]:
         raise EngineError(f"docker save of {image_id[:19]}: its layers are not the ones its config lists")
     archive.unlink()
@@ -790,12 +796,12 @@ def verified_sbom(ref: str, public_key: Path) -> dict:
     return verified_attestation(ref, public_key, "cyclonedx")
 
 
-def signed_with(ref: str, public_key: Path) -> bool:
-    """Whether a pushed image carries a signature and an SBOM attestation the key verifies (a
-    re-run leaves a release it finds complete as it is)."""
+def signed_with(ref: str, public_key: Path, predicate_type: str) -> bool:
+    """Whether a pushed manifest carries a signature and an attestation of a type that the key
+    verifies (a rerun does not sign again what an interrupted run signed)."""
     try:
         cosign_verify(ref, public_key)
-        verified_sbom(ref, public_key)
+        verified_attestation(ref, public_key, predicate_type)
     except EngineError:
         return False
     return True

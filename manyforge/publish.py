@@ -6,9 +6,10 @@ write a record per image: tests/image/conftest.py). Every registry and signing o
 through the engine; this module decides what to push, under which tag, and what to write.
 
 No tag ever names an unsigned image: the key and its password are checked before anything is
-pushed; each image (and the index) is pushed by digest under no tag, signed and attested by
-digest, and only then given its dated tag and `latest`. A publish that fails or is killed at any
-step leaves no new release tag; running it again completes the release.
+pushed; each image and the index are pushed by digest under no tag and signed and attested by
+digest; only once all of the release is signed are they given the dated tag and `latest`. A
+publish that fails or is killed before that leaves no new release tag; running it again
+completes the release (signing nothing twice).
 """
 
 from __future__ import annotations
@@ -301,13 +302,18 @@ def _read_sbom(image_id: str) -> dict:
     return sbom
 
 
-def _sign(pinned: str, key: Path, predicate: dict, predicate_type: str) -> None:
-    """Sign a pushed manifest and attest a predicate, both by digest."""
+def _sign_once(pinned: str, key: Path, public_key: Path, predicate: dict, predicate_type: str, log) -> None:
+    """Sign a pushed manifest and attest a predicate, both by digest, unless a signature and an
+    attestation of that type already verify with the key (a rerun of an interrupted publish)."""
+    if engine.signed_with(pinned, public_key, predicate_type):
+        log(f"  {pinned}: already signed and attested")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         predicate_file = Path(tmp) / "predicate.json"
         predicate_file.write_text(json.dumps(predicate))
         engine.cosign_sign(pinned, key)
         engine.cosign_attest(pinned, key, predicate_file, predicate_type)
+    log(f"  {pinned}: signed, {predicate_type} attested")
 
 
 def publish(
@@ -373,26 +379,24 @@ def _publish(spec, image_name, chosen, targets: dict[str, Target], dest, key, pu
             raise PublishError(f"--tag {tag}: already names another image of {', '.join(taken)}; a dated tag never moves")
     log(f"release {image_name}:{tag} to {dest.host}/{dest.namespace} ({', '.join(chosen)})")
 
+    # Push and sign everything by digest first; tag only once every part of the release is signed,
+    # so that a failure anywhere before leaves no new release tag at all (and a rerun finds the
+    # same tag free and completes it).
     digests: dict[str, str] = {}
     sboms: dict[str, dict] = {}
     for arch in targets:
         remote = f"{repos[arch]}:{tag}"
         sboms[arch] = _read_sbom(image_ids[arch])
-        released = engine.remote_config_digest(remote, dest.plain_http) == image_ids[arch]
-        digest = engine.remote_digest(remote, dest.plain_http) if released else engine.push_image(image_ids[arch], repos[arch], dest.plain_http)
-        pinned = f"{repos[arch]}@{digest}"
-        if released and engine.signed_with(pinned, public_key):
-            log(f"  {remote}: already pushed and signed ({digest})")
+        if engine.remote_config_digest(remote, dest.plain_http) == image_ids[arch]:
+            digests[arch] = engine.remote_digest(remote, dest.plain_http)
+            log(f"  {remote}: already pushed ({digests[arch]})")
         else:
-            log(f"  {pinned}: pushed under no tag yet")
-            _sign(pinned, key, sboms[arch], "cyclonedx")
-            log(f"  {pinned}: signed, SBOM attested ({len(sboms[arch].get('components', []))} components)")
-        for name in (tag, "latest"):  # only now: a tag names a signed image or nothing
-            engine.tag(pinned, name, dest.plain_http)
-        log(f"  {remote}, latest -> {digest}")
-        digests[arch] = digest
+            digests[arch] = engine.push_image(image_ids[arch], repos[arch], dest.plain_http)
+            log(f"  {repos[arch]}@{digests[arch]}: pushed, no tag yet")
+        _sign_once(f"{repos[arch]}@{digests[arch]}", key, public_key, sboms[arch], "cyclonedx", log)
 
     catalog = _catalog(spec, image_name, tag, dest, targets, digests, sboms)
+    to_tag = [f"{repos[arch]}@{digests[arch]}" for arch in targets]
     missing = [
         a for a in image.archs
         if a not in chosen and engine.remote_config_digest(f"{dest.repository(f'{image_name}_{a}')}:{tag}", dest.plain_http) is None
@@ -408,11 +412,13 @@ def _publish(spec, image_name, chosen, targets: dict[str, Target], dest, key, pu
         refs = [f"{dest.repository(f'{image_name}_{a}')}@{d}" for a, d in members.items()]
         index_digest = engine.create_index(index_repo, refs, annotations, dest.plain_http)
         catalog["index"] = {"digest": index_digest, "tags": [tag, "latest"], "arches": sorted(members), "subset": bool(missing)}
-        pinned_index = f"{index_repo}@{index_digest}"
-        _sign(pinned_index, key, catalog, CATALOG_TYPE)
+        log(f"  {index_repo}@{index_digest}: index of {', '.join(sorted(members))} pushed, no tag yet")
+        _sign_once(f"{index_repo}@{index_digest}", key, public_key, catalog, CATALOG_TYPE, log)
+        to_tag.append(f"{index_repo}@{index_digest}")
+    for pinned in to_tag:  # only now: every tag names a signed manifest
         for name in (tag, "latest"):
-            engine.tag(pinned_index, name, dest.plain_http)
-        log(f"  {index_repo}:{tag} -> {index_digest} ({', '.join(sorted(members))}), signed, catalog attested")
+            engine.tag(pinned, name, dest.plain_http)
+        log(f"  {pinned.partition('@')[0]}:{tag}, latest -> {pinned.partition('@')[2]}")
     out = RELEASE_DIR / image_name / tag
     out.mkdir(parents=True, exist_ok=True)
     (out / "catalog.json").write_text(json.dumps(catalog, indent=1) + "\n")

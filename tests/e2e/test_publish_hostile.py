@@ -454,18 +454,21 @@ def test_a_publish_killed_or_failing_after_the_push_tags_nothing_and_a_rerun_com
     failed = invoke(*args, env={**spec_env(tiny), **_cosign_shim(tmp_path, '[ "$1" = attest ] && echo "attest: refused" >&2 && exit 1')})
     refused(failed, f"attesting {registry}/{arch_repo}@sha256:")
     assert _release_tags(registry, arch_repo) == [] and [t for t in tags_of(registry, arch_repo) if t.endswith(".sig")]
-    # The index's catalog attestation fails: the arch is released (signed), its index is not.
+    # The index's catalog attestation fails, the image signed: still no release tag anywhere
+    # (a release is tagged only once all of it is signed).
     catalog_fails = f'case "$*" in *"--type={publish.CATALOG_TYPE}"*) echo "attest: refused" >&2; exit 1;; esac'
     failed = invoke(*args, env={**spec_env(tiny), **_cosign_shim(tmp_path, catalog_fails)})
     refused(failed, f"attesting {registry}/{index_repo}@sha256:")
-    tag = next(t for t in _release_tags(registry, arch_repo) if t != "latest")
-    assert sorted(_release_tags(registry, arch_repo)) == sorted([tag, "latest"]) and publish.RELEASE_TAG.fullmatch(tag)
-    assert _release_tags(registry, index_repo) == []
-    # The rerun completes the release under the same tag; every tag names a signed manifest.
+    assert _release_tags(registry, arch_repo) == [] and _release_tags(registry, index_repo) == []
+    # The rerun completes the release under the tag it would have had; it signs nothing twice,
+    # and every tag names a signed manifest.
     rerun = invoke(*args, env=spec_env(tiny))
     assert rerun.returncode == 0, rerun.stderr
     catalog = json.loads(rerun.stdout)
-    assert catalog["release"] == tag and "already pushed and signed" in rerun.stderr
+    tag = catalog["release"]
+    assert tag == time.strftime("%Y.%m.%d") + "-1", tag
+    assert f"{registry}/{arch_repo}@{catalog['arches']['x86_64']['digest']}: already signed and attested" in rerun.stderr
+    assert sorted(_release_tags(registry, arch_repo)) == sorted([tag, "latest"])
     assert sorted(_release_tags(registry, index_repo)) == sorted([tag, "latest"])
     for repository in (arch_repo, index_repo):
         for name in _release_tags(registry, repository):
