@@ -241,14 +241,9 @@ def prune_build_cache() -> None:
 
 def probe_build(context: Path, platform: str) -> tuple[int, str]:
     """Build a context only for what its steps print (nothing is kept): exit status and output."""
-    try:
-        proc = subprocess.run(
-            ["docker", "buildx", "build", "--platform", platform, "--progress", "plain", "--no-cache", "--", str(context)],
-            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, timeout=BUILD_TIMEOUT,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise EngineError(f"probe build of {context}: docker buildx gave no answer within {BUILD_TIMEOUT} s") from None
-    return proc.returncode, proc.stdout + proc.stderr
+    proc = _run(["docker", "buildx", "build", "--platform", platform, "--progress", "plain", "--no-cache", "--", str(context)],
+                f"probe build of {context}", BUILD_TIMEOUT)  # fmt: skip
+    return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace")
 
 
 def _apply_tags(image, target: Target, suffix: str) -> list[str]:
@@ -458,16 +453,22 @@ def _check_ref(ref: str) -> str:
     return ref
 
 
+def _run(args: list[str], what: str, timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run a tool within `timeout` seconds, its input closed (nothing ever waits for a prompt)."""
+    if shutil.which(args[0]) is None:
+        raise EngineError(f"{args[0]} is not installed; {SETUP_HINT}")
+    try:
+        return subprocess.run(args, capture_output=True, check=False, env=env, stdin=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        limit = "" if timeout == BUILD_TIMEOUT else f" (the limit is set by {TOOL_TIMEOUT_ENV})"
+        raise EngineError(f"{what}: {args[0]} gave no answer within {timeout} s{limit}") from None
+
+
 def _tool(args: list[str], what: str, timeout: int, env: dict[str, str] | None = None, binary: bool = False) -> Any:
     """Run a registry or signing tool within `timeout` seconds and return its standard output
     (bytes if `binary`). On failure one line naming what it did: the tool's own words with
     secrets scrubbed, never the environment (which may hold the signing key's password)."""
-    if shutil.which(args[0]) is None:
-        raise EngineError(f"{args[0]} is not installed; {SETUP_HINT}")
-    try:
-        proc = subprocess.run(args, capture_output=True, check=False, env=env, stdin=subprocess.DEVNULL, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise EngineError(f"{what}: {args[0]} gave no answer within {timeout} s (the limit is set by {TOOL_TIMEOUT_ENV})") from None
+    proc = _run(args, what, timeout, env)
     if proc.returncode != 0:
         raise EngineError(f"{what}: {args[0]} failed (exit {proc.returncode}): {_detail(proc.stderr or proc.stdout)}")
     return proc.stdout if binary else proc.stdout.decode(errors="replace")
@@ -508,31 +509,23 @@ def _not_found(stderr: bytes) -> bool:
 
 def registry_tags(repository: str, plain_http: bool) -> list[str]:
     """Tags of a repository in a registry (none if the repository does not exist yet)."""
-    args = ["oras", "repo", "tags", *_http(plain_http), "--", _check_ref(repository)]
-    timeout = tool_timeout(METADATA_TIMEOUT)
-    try:
-        proc = subprocess.run(args, capture_output=True, check=False, stdin=subprocess.DEVNULL, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise EngineError(f"listing the tags of {repository}: oras gave no answer within {timeout} s (the limit is set by {TOOL_TIMEOUT_ENV})") from None
+    what = f"listing the tags of {repository}"
+    proc = _run(["oras", "repo", "tags", *_http(plain_http), "--", _check_ref(repository)], what, tool_timeout(METADATA_TIMEOUT))
     if proc.returncode != 0:
         if _not_found(proc.stderr):
             return []
-        raise EngineError(f"listing the tags of {repository}: oras failed (exit {proc.returncode}): {_detail(proc.stderr)}")
+        raise EngineError(f"{what}: oras failed (exit {proc.returncode}): {_detail(proc.stderr)}")
     return proc.stdout.decode(errors="replace").split()
 
 
 def _manifest(ref: str, plain_http: bool) -> tuple[bytes, dict] | None:
     """A manifest's bytes and content; None if the registry has no such tag or digest."""
-    args = ["oras", "manifest", "fetch", *_http(plain_http), "--", _check_ref(ref)]
-    timeout = tool_timeout(METADATA_TIMEOUT)
-    try:
-        proc = subprocess.run(args, capture_output=True, check=False, stdin=subprocess.DEVNULL, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise EngineError(f"reading the manifest of {ref}: oras gave no answer within {timeout} s (the limit is set by {TOOL_TIMEOUT_ENV})") from None
+    what = f"reading the manifest of {ref}"
+    proc = _run(["oras", "manifest", "fetch", *_http(plain_http), "--", _check_ref(ref)], what, tool_timeout(METADATA_TIMEOUT))
     if proc.returncode != 0:
         if _not_found(proc.stderr):
             return None
-        raise EngineError(f"reading the manifest of {ref}: oras failed (exit {proc.returncode}): {_detail(proc.stderr)}")
+        raise EngineError(f"{what}: oras failed (exit {proc.returncode}): {_detail(proc.stderr)}")
     manifest = _json(proc.stdout, f"the manifest of {ref}")
     if not isinstance(manifest, dict):
         raise EngineError(f"the manifest of {ref}: not a JSON object")
