@@ -805,7 +805,10 @@ def read_image_file(image_id: str, path: str, limit: int) -> bytes:
     (no emulator, and images without a shell work too)."""
     require_image(image_id)
     c = client()
-    container = c.containers.create(image_id, ["/manyforge-never-runs"], network_disabled=True)
+    try:
+        container = c.containers.create(image_id, ["/manyforge-never-runs"], network_disabled=True)
+    except docker.errors.APIError as exc:
+        raise EngineError(f"cannot create a container of image {image_id[:19]}: {scrub(str(exc.explanation or exc))[:300]}") from None
     try:
         stream, _ = container.get_archive(path)
         data = bytearray()
@@ -815,6 +818,8 @@ def read_image_file(image_id: str, path: str, limit: int) -> bytes:
                 raise EngineError(f"{path} in image {image_id[:19]} is larger than {limit} bytes")
     except docker.errors.NotFound:
         raise EngineError(f"image {image_id[:19]} has no {path}") from None
+    except docker.errors.DockerException as exc:
+        raise EngineError(f"reading {path} from image {image_id[:19]}: {scrub(str(exc))[:300]}") from None
     finally:
         container.remove(force=True)
     with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:

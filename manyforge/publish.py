@@ -415,6 +415,10 @@ def _publish(spec, image_name, chosen, targets: dict[str, Target], dest, key, pu
         log(f"  {index_repo}@{index_digest}: index of {', '.join(sorted(members))} pushed, no tag yet")
         _sign_once(f"{index_repo}@{index_digest}", key, public_key, catalog, CATALOG_TYPE, log)
         to_tag.append(f"{index_repo}@{index_digest}")
+    # The tag was free when chosen; a publish elsewhere may have taken it while this one pushed.
+    taken = [a for a in targets if engine.remote_config_digest(f"{repos[a]}:{tag}", dest.plain_http) not in (None, image_ids[a])]
+    if taken:
+        raise PublishError(f"{tag} was given to another image of {', '.join(taken)} meanwhile; nothing tagged (run again for the next tag)")
     for pinned in to_tag:  # only now: every tag names a signed manifest
         for name in (tag, "latest"):
             engine.tag(pinned, name, dest.plain_http)
