@@ -412,7 +412,7 @@ def _publish(spec, image_name, chosen, targets: dict[str, Target], dest, key, pu
         refs = [f"{dest.repository(f'{image_name}_{a}')}@{d}" for a, d in members.items()]
         index_digest = engine.create_index(index_repo, refs, annotations, dest.plain_http)
         catalog["index"] = {"digest": index_digest, "tags": [tag, "latest"], "arches": sorted(members), "subset": bool(missing)}
-        log(f"  {index_repo}@{index_digest}: index of {', '.join(sorted(members))} pushed, no tag yet")
+        log(f"  {index_repo}@{index_digest}: the index of {', '.join(sorted(members))}")
         _sign_once(f"{index_repo}@{index_digest}", key, public_key, catalog, CATALOG_TYPE, log)
         to_tag.append(f"{index_repo}@{index_digest}")
     # The tag was free when chosen; a publish elsewhere may have taken it while this one pushed.
