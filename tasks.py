@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import docker.errors
+import requests.exceptions
 from invoke import Exit, task
 
 from manyforge import pipeline
@@ -42,6 +44,9 @@ def _guard(fn):
         except (SourceError, EngineError, publish_module.PublishError) as exc:
             # Scrubbed: no secret of the environment (COSIGN_PASSWORD, registry tokens) is shown.
             raise Exit(f"error: {scrub(str(exc))}", code=1) from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            # The Docker engine's API (a timeout, a refused connection): one line, no traceback.
+            raise Exit(f"error: the Docker engine: {scrub(str(exc))[:500]}", code=1) from None
         except BrokenPipeError:
             # `invoke matrix | head`: the reader left; say nothing more, like any filter.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -32,7 +32,7 @@ import testinfra
 from manyforge import engine, pipeline, publish
 from manyforge.render import Target, resolve_target, wheel_pins
 from manyforge.sources import SourceCache
-from manyforge.spec import DEFAULT_SPEC, Spec, load_spec
+from manyforge.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
 
 SAMPLE = Path(__file__).parent / "sample"
 HERE = Path(__file__).resolve().parent
@@ -71,8 +71,18 @@ def _targets(spec: Spec) -> list[Target]:
     return out
 
 
-_SPEC = load_spec(os.environ.get("MANYFORGE_SPEC") or DEFAULT_SPEC)
-TARGETS = _targets(_SPEC)
+TARGETS: list[Target] = []  # filled once the configuration is read (pytest_configure)
+
+
+def _load_targets() -> None:
+    """The session's targets; a mistake in MANYFORGE_SPEC or MANYFORGE_TEST_* is pytest's one-line
+    usage error naming the variable, not a traceback from importing this file."""
+    try:
+        TARGETS[:] = _targets(load_spec(os.environ.get("MANYFORGE_SPEC") or DEFAULT_SPEC))
+    except SpecError as exc:
+        chosen = {k: v for k, v in os.environ.items() if k == "MANYFORGE_SPEC" or k.startswith("MANYFORGE_TEST_")}
+        where = ", ".join(f"{k}={v[:100]!r}" for k, v in sorted(chosen.items()))
+        raise pytest.UsageError(f"{where or 'images.yaml'}: " + "; ".join(exc.problems)[:2000]) from None
 
 
 def pytest_generate_tests(metafunc):
@@ -280,6 +290,7 @@ APPLIES_TO: dict[str, Applies] = {
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "applies_to(predicate): the image targets (render.Target -> bool) a test applies to")
+    _load_targets()
 
 
 def _applies(item) -> Applies | None:

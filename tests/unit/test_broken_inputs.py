@@ -251,3 +251,26 @@ def test_broken_lock_is_refused(tmp_path, make, expected):
     with pytest.raises(SpecError) as err:
         load_spec(DEFAULT_SPEC, lock_path=path)
     assert any(expected in p for p in err.value.problems), err.value.problems
+
+
+TEST_ENV_CASES = [
+    ({"MANYFORGE_TEST_TARGETS": "nope"}, "MANYFORGE_TEST_TARGETS: 'nope' is not image:arch"),
+    ({"MANYFORGE_TEST_TARGETS": "manylinux_2_36:sparc64"}, "unknown arch 'sparc64'"),
+    ({"MANYFORGE_TEST_IMAGE": "bogus"}, "MANYFORGE_TEST_IMAGE='bogus': unknown image 'bogus'"),
+    ({"MANYFORGE_TEST_ARCHES": "x86_64,zz"}, "unknown arch 'zz'"),
+    ({"MANYFORGE_TEST_TARGETS": "manylinux_2_36:x86_64:cp27-cp27m"}, "unknown interpreter(s) cp27-cp27m"),
+    ({"MANYFORGE_SPEC": "/nonexistent/images.yaml"}, "MANYFORGE_SPEC='/nonexistent/images.yaml'"),
+]
+
+
+@pytest.mark.parametrize(("env", "expected"), TEST_ENV_CASES, ids=[next(iter(c[0].values())) for c in TEST_ENV_CASES])
+def test_broken_test_settings_are_one_usage_error(env, expected):
+    """The test suite's own settings: a mistake is pytest's usage error naming the variable."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/image"],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 4, output
+    assert "Traceback" not in output, output
+    assert expected in output, output
