@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from registry_server import running_registry
 
 from manyforge import engine, publish
 from manyforge.render import resolve_target
@@ -43,39 +44,6 @@ SBOM = {
     "bomFormat": "CycloneDX", "specVersion": "1.5",
     "components": [{"name": "cpython", "version": "3.13.5", "properties": [{"name": "manyforge:interpreter", "value": "cp313-cp313"}]}],
 }  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_registry(work: Path):
-    """HOST:PORT of a registry server with its storage in `work`, stopped on exit (as in
-    tests/image/test_publish.py)."""
-    if shutil.which("docker-registry") is None:
-        pytest.fail("docker-registry is not installed; run scripts/setup-host.sh")
-    port = _free_port()
-    config = {"version": 0.1, "log": {"level": "warn"}, "http": {"addr": f"127.0.0.1:{port}"},
-              "storage": {"filesystem": {"rootdirectory": str(work / "data")}, "delete": {"enabled": True}}}  # fmt: skip
-    (work / "config.yml").write_text(yaml.safe_dump(config))
-    with (work / "registry.log").open("w") as log:
-        proc = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail(f"the registry did not start: {(work / 'registry.log').read_text()[-2000:]}")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @contextlib.contextmanager

@@ -6,13 +6,10 @@ attestations through cosign, read-backs through the registry's HTTP API.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from registry_server import running_registry
 
 from manyforge import engine, publish
 from manyforge.sources import resolve_wheels
@@ -37,38 +35,6 @@ MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json",
 ])  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_registry(work: Path):
-    """HOST:PORT of a registry server with its storage in `work`, stopped on exit."""
-    if shutil.which("docker-registry") is None:
-        pytest.fail("docker-registry is not installed; run scripts/setup-host.sh")
-    port = _free_port()
-    config = {"version": 0.1, "log": {"level": "warn"}, "http": {"addr": f"127.0.0.1:{port}"},
-              "storage": {"filesystem": {"rootdirectory": str(work / "data")}, "delete": {"enabled": True}}}  # fmt: skip
-    (work / "config.yml").write_text(yaml.safe_dump(config))
-    with (work / "registry.log").open("w") as log:
-        proc = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail(f"the registry did not start: {(work / 'registry.log').read_text()[-2000:]}")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
