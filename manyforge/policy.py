@@ -268,7 +268,7 @@ def check_images_covered(spec: Spec, policies: dict[str, PolicyEntry]) -> list[s
         entry = policies.get(image.policy)
         filename = FAMILY_FILES[image.policy.split("_")[0]]
         if entry is None:
-            problems.append(f"{filename}: no policy {image.policy}, which images.yaml image {name} declares")
+            problems.append(f"{filename}: no policy {image.policy}, which {spec.path.name} image {name} declares")
             continue
         for arch in image.archs:
             if arch not in entry.symbol_versions:

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from manyforge.arches import Arch
+from manyforge.arches import ARCHES, Arch
 from manyforge.quoting import REGISTRY_HOST
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -58,8 +58,9 @@ AbsPath = Annotated[str, StringConstraints(strict=True, max_length=200, pattern=
 # A Debian suite as debootstrap and Docker tags take it (bookworm, trixie, sid): no `+`, no
 # leading `-` (debootstrap takes no `--`), no path.
 Suite = Annotated[str, StringConstraints(strict=True, max_length=40, pattern=r"^[a-z][a-z0-9-]*$")]
-# A base's name: part of the bootstrapped base's repository name, which must be lowercase.
-BaseName = Annotated[str, StringConstraints(strict=True, max_length=40, pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")]
+# A base's or a toolchain's name: part of image tags, test records and the bootstrapped base's
+# repository name, which must be lowercase.
+VariantName = Annotated[str, StringConstraints(strict=True, max_length=40, pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")]
 # An interpreter directory under /opt/python: <python tag>-<abi tag> as packaging names them.
 InterpreterTag = Annotated[
     str, StringConstraints(strict=True, pattern=r"^(cp3[0-9]+-cp3[0-9]+t?|pp3[0-9]+-pypy3[0-9]+_pp[0-9]+|graalpy3[0-9]+-graalpy[0-9]+_3[0-9]+_native)$")
@@ -171,7 +172,7 @@ def _specifier(value: str) -> str:
     return value
 
 
-Specifier = Annotated[str, StringConstraints(strict=True, pattern=r"^[^\s]*$"), AfterValidator(_specifier)]
+Specifier = Annotated[str, StringConstraints(strict=True, min_length=1, pattern=r"^[^\s]*$"), AfterValidator(_specifier)]
 
 
 def _not_native(value: str) -> str:
@@ -189,6 +190,7 @@ PinnedRef = Annotated[
         strict=True, max_length=300,
         pattern=rf"^(?:{REGISTRY_HOST}/)?{_REF}(?:/{_REF})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?@sha256:[0-9a-f]{{64}}$",
     ),
+    AfterValidator(lambda ref: ref if "/" not in ref or _port_in_range("docker://" + ref) else ref),
 ]  # fmt: skip
 MirrorUrl = Annotated[str, StringConstraints(strict=True, max_length=300, pattern=rf"^https://{_HOST}(?:/{_SEGMENT})*$"), AfterValidator(_port_in_range)]
 
@@ -223,6 +225,7 @@ class Base(_Model):
 
 
 class Toolchain(_Model):
+    family: Literal["yum", "dnf", "apk", "apt"]  # the package family its packages belong to
     gcc: Version
     prefix: AbsPath | None = None
     packages: tuple[Name, ...] = Field(min_length=1)
@@ -233,6 +236,14 @@ class Toolchain(_Model):
     # arches the distribution's own collections never built the toolchain for.
     repo_files: dict[Arch, HttpsUrl] = {}
 
+    @model_validator(mode="after")
+    def _family_keys(self) -> Toolchain:
+        if self.repo_files and self.family != "yum":
+            raise ValueError(f"repo_files: family {self.family} does not use it (only yum)")
+        if self.cross and self.family != "apt":
+            raise ValueError(f"cross: family {self.family} does not use it (only apt, which has Debian's cross compilers)")
+        return self
+
 
 class Libc(_Model):
     name: Literal["glibc", "musl"]
@@ -242,10 +253,10 @@ class Libc(_Model):
 class Image(_Model):
     policy: Annotated[str, StringConstraints(strict=True, pattern=r"^(manylinux_2_[0-9]+|musllinux_1_[0-9]+)$")]
     libc: Libc
-    base: BaseName
-    base_variants: tuple[BaseName, ...] = ()
-    toolchain: Name
-    toolchain_variants: tuple[Name, ...] = ()
+    base: VariantName
+    base_variants: tuple[VariantName, ...] = ()
+    toolchain: VariantName
+    toolchain_variants: tuple[VariantName, ...] = ()
     archs: tuple[Arch, ...] = Field(min_length=1)
     interpreters: tuple[Name, ...] = Field(min_length=1)
     tools_interpreter: Name
@@ -263,8 +274,8 @@ class SpecFile(_Model):
     frontend: dict[Name, Specifier] = Field(min_length=1)
     downloadable: dict[InterpreterTag, Downloadable] = {}
     tools: dict[Name, Version]
-    bases: dict[BaseName, Base]  # variant names become part of image tags and base image names
-    toolchains: dict[TagPart, Toolchain]
+    bases: dict[VariantName, Base]  # variant names become part of image tags and base image names
+    toolchains: dict[VariantName, Toolchain]
     images: dict[RefName, Image] = Field(min_length=1)
 
 
@@ -294,7 +305,11 @@ class LockFile(_Model):
 
     @model_validator(mode="after")
     def _no_duplicates(self) -> LockFile:
-        problems = []
+        problems = [
+            f"platforms.{key}: {key.split('_', 3)[3]} is not an architecture; known: {', '.join(ARCHES)}"
+            for key in self.platforms
+            if key.split("_", 3)[3] not in ARCHES
+        ]
         for section, groups in (("platforms", self.platforms), ("interpreters", self.interpreters)):
             for key, files in groups.items():
                 versions: dict[str, set[str]] = {}
@@ -381,9 +396,14 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
+        merges = [k for k, _ in node.value if k.tag == "tag:yaml.org,2002:merge"]
+        if len(merges) > 1:
+            raise _DuplicateKey(f"line {merges[1].start_mark.line + 1}: a second merge key `<<` in one mapping")
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: a key must be a plain name, not a list or a mapping")
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise _DuplicateKey(
@@ -459,8 +479,14 @@ def _key_path(loc: tuple[Any, ...]) -> str:
         elif str(part).startswith(("function-", "literal[")):  # pydantic's validator labels
             continue
         else:
-            out += f".{part}" if out else str(part)
+            text = _printable(str(part))
+            out += f".{text}" if out else text
     return out or "(top level)"
+
+
+def _printable(text: str) -> str:
+    """A key as a message may show it: control and non-ASCII characters escaped."""
+    return text if text.isascii() and text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _allowed_keys(model: type[BaseModel] | None) -> str:
@@ -514,7 +540,6 @@ def _format_pydantic(
 
 # Keys only some package-manager families read: set on another family, they would be ignored.
 _FAMILY_KEYS = {"repositories": ("dnf",), "mirror": ("yum",)}
-_TOOLCHAIN_FAMILY_KEYS = {"repo_files": ("yum",), "cross": ("apt",)}
 
 
 def _downloadable_problems(tag: str, entry: Downloadable) -> list[str]:
@@ -583,6 +608,10 @@ def _cross_check(
             elif older.split(".")[:2] != interp.cpython.split(".")[:2] or Version_(older) >= Version_(interp.cpython):
                 problems.append(f"{at}: {older} is not an older release of CPython {'.'.join(interp.cpython.split('.')[:2])}")
     for base_name, declared in spec.bases.items():
+        for key, arches in (("march", tuple(declared.march)), ("emulated", declared.emulated)):
+            for arch in arches:
+                if arch not in declared.archs:
+                    problems.append(f"{f}: bases.{base_name}.{key}.{arch}: the base has no {arch}; it has: {', '.join(declared.archs)}")
         for key, users in _FAMILY_KEYS.items():
             if getattr(declared, key) and declared.family not in users:
                 problems.append(f"{f}: bases.{base_name}.{key}: family {declared.family} does not use it (only {', '.join(users)})")
@@ -619,18 +648,20 @@ def _cross_check(
                         f"{at}.archs[{i}]: base {base_name!r} has no {arch}; it has: {', '.join(base.archs)}"
                     )
         families = {spec.bases[b].family for _, b in bases if b in spec.bases}
+        for key, own, variants in (("base_variants", image.base, image.base_variants), ("toolchain_variants", image.toolchain, image.toolchain_variants)):
+            if own in variants:
+                problems.append(f"{at}.{key}: {own!r} is the image's own {key.split('_')[0]}, not a variant (it would build the same tags twice)")
         for key, tc in [("toolchain", image.toolchain)] + [
             (f"toolchain_variants[{i}]", t) for i, t in enumerate(image.toolchain_variants)
         ]:
             if tc not in spec.toolchains:
                 problems.append(f"{at}.{key}: unknown toolchain {tc!r}; defined: {', '.join(spec.toolchains)}")
                 continue
-            for field, allowed in _TOOLCHAIN_FAMILY_KEYS.items():
-                if getattr(spec.toolchains[tc], field) and families - set(allowed):
-                    problems.append(
-                        f"{at}.{key}: toolchain {tc!r} sets {field}, which the image's {'/'.join(sorted(families))} "
-                        f"base does not use (only {', '.join(allowed)})"
-                    )
+            if families - {spec.toolchains[tc].family}:
+                problems.append(
+                    f"{at}.{key}: toolchain {tc!r} is of family {spec.toolchains[tc].family}, the image's base of "
+                    f"{'/'.join(sorted(families))}"
+                )
         if len(set(image.archs)) != len(image.archs):
             problems.append(f"{at}.archs: an architecture is listed twice")
         for i, tag in enumerate(image.interpreters):
@@ -679,6 +710,11 @@ def _cross_check(
                         f"{at}.tools: no pin for {name}=={version} on {platform} in "
                         f"{lock_path.name}; run `invoke lock`"
                     )
+    for tc_name, toolchain in spec.toolchains.items():
+        consumers = [i for i in spec.images.values() if tc_name in (i.toolchain, *i.toolchain_variants)]
+        for arch in toolchain.repo_files:
+            if not any(arch in i.archs for i in consumers):
+                problems.append(f"{f}: toolchains.{tc_name}.repo_files.{arch}: no image using the toolchain has {arch}")
     seen_policies: dict[str, str] = {}
     for name, image in spec.images.items():
         if image.policy in seen_policies:
@@ -723,8 +759,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def load_lock(lock_path: Path) -> LockFile | None:
-    if not lock_path.exists():
+def load_lock(lock_path: Path, required: bool = False) -> LockFile | None:
+    """The wheel lock; None when there is none yet (before the first `invoke lock`), unless
+    `required`."""
+    if not required and not lock_path.exists():
         return None
     text = read_input(lock_path)
     try:
@@ -735,6 +773,8 @@ def load_lock(lock_path: Path) -> LockFile | None:
         raise SpecError([f"{lock_path.name}: {exc}; regenerate it with `invoke lock`"]) from None
     except RecursionError:
         raise SpecError([f"{lock_path.name}: nested too deeply; regenerate it with `invoke lock`"]) from None
+    except ValueError as exc:  # a number past Python's digit limit for int()
+        raise SpecError([f"{lock_path.name}: not a lock ({str(exc)[:120]}); regenerate it with `invoke lock`"]) from None
     try:
         return LockFile.model_validate(raw)
     except ValidationError as exc:
@@ -764,13 +804,17 @@ def load_spec(path: Path | str = DEFAULT_SPEC, lock_path: Path | str | None = No
         raise SpecError([f"{path.name}: {exc}"]) from None
     except RecursionError:
         raise SpecError([f"{path.name}: nested too deeply to be a matrix; refused"]) from None
+    except ValueError as exc:  # a number past Python's digit limit for int()
+        raise SpecError([f"{path.name}: a value YAML cannot read ({str(exc)[:120]})"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
         raise SpecError([f"{path.name}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
     if not isinstance(raw, dict):
         raise SpecError([f"{path.name}: the top level must be a mapping with keys: {_allowed_keys(SpecFile)}"])
-    return spec_from_data(raw, path, load_lock(lock_path), lock_path, check_lock, document)
+    # A lock named explicitly (MANYFORGE_LOCK, an argument) must exist, unless `invoke lock` is writing it.
+    explicit = check_lock and (lock_path != DEFAULT_LOCK)
+    return spec_from_data(raw, path, load_lock(lock_path, required=explicit), lock_path, check_lock, document)
 
 
 def spec_from_data(
