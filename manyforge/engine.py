@@ -8,15 +8,19 @@ and starts containers for the tests.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
+import contextlib
 import datetime as dt
+import fcntl
+import functools
 import hashlib
 import io
 import json
 import os
+import posixpath
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -24,11 +28,13 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, ParamSpec, TypeVar
 
 import docker.errors
+import requests.exceptions
 
 import docker
 from manyforge.arches import ARCHES
@@ -41,10 +47,39 @@ SETUP_HINT = "run `sudo scripts/setup-host.sh` (or `invoke setup`) to install an
 DOCKER_API_TIMEOUT = 600  # one request of the Docker SDK to the engine (its socket timeout), in seconds
 BUILD_TIMEOUT = 6 * 3600  # one buildx build: a cold emulated build of every interpreter takes hours
 LOCAL_TIMEOUT = 120  # a question to the local docker CLI (buildx version, inspect)
+KILL_GRACE = 10  # seconds a stopped buildx has to cancel its build before its process group is killed
 
 
 class EngineError(Exception):
     pass
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# What the Docker SDK raises: its own errors, and those of the HTTP library under it (a refused
+# connection, a read that timed out), which it passes on as they are.
+DOCKER_API_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception of a library as a short line, secrets scrubbed."""
+    text = " ".join(scrub(str(exc)).split())
+    return f"{exc.__class__.__name__}: {text[:300]}" if text else exc.__class__.__name__
+
+
+def _docker_api(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A function calling the Docker engine's API ends with one EngineError line, never with a
+    traceback of the SDK (an error answer, a refused connection, a request that timed out).
+    Errors it expects, such as ImageNotFound, it catches itself first."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except DOCKER_API_ERRORS as exc:
+            raise EngineError(f"the Docker engine ({fn.__name__}): {_one_line(exc)}") from None
+
+    return wrapper
 
 
 def client() -> docker.DockerClient:
@@ -53,7 +88,7 @@ def client() -> docker.DockerClient:
     try:
         c = docker.from_env(timeout=DOCKER_API_TIMEOUT)
         c.ping()
-    except docker.errors.DockerException as exc:
+    except DOCKER_API_ERRORS as exc:
         raise EngineError(f"no Docker engine answers ({exc.__class__.__name__}); {SETUP_HINT}") from None
     return c
 
@@ -77,6 +112,7 @@ def check_prerequisites(arch: str, needs_debootstrap: bool) -> None:
         raise EngineError(f"debootstrap is not installed; {SETUP_HINT}")
 
 
+@_docker_api
 def image_platform(ref: str) -> str | None:
     try:
         attrs = client().images.get(ref).attrs
@@ -96,15 +132,19 @@ def ensure_bootstrap_base(spec: Spec, base_name: str, arch: str) -> str:
     assert suite is not None, f"{base_name} is not a debootstrap base"
     print(f"==> bootstrapping {suite} for {arch} from Debian's signed archive", file=sys.stderr)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="manyforge-base-") as tmp:
-        debootstrap_root(suite, arch, Path(tmp) / "root.tar")
-        shutil.copy(REPO_ROOT / "docker" / "bootstrap-base.Dockerfile", Path(tmp) / "Dockerfile")
-        _tool(["docker", "buildx", "build", "--platform", platform, "--load", "--tag", ref, "--", tmp],
-              f"turning the {suite}/{arch} root into an image", BUILD_TIMEOUT)  # fmt: skip
+    try:
+        with tempfile.TemporaryDirectory(prefix="manyforge-base-") as tmp:
+            debootstrap_root(suite, arch, Path(tmp) / "root.tar")
+            shutil.copy(REPO_ROOT / "docker" / "bootstrap-base.Dockerfile", Path(tmp) / "Dockerfile")
+            _tool(["docker", "buildx", "build", "--platform", platform, "--load", "--tag", ref, "--", tmp],
+                  f"turning the {suite}/{arch} root into an image", BUILD_TIMEOUT)  # fmt: skip
+    except OSError as exc:  # a full disk under the temporary directory
+        raise EngineError(f"bootstrapping {suite} for {arch}: {_one_line(exc)}") from None
     print(f"==> base {ref} ready in {time.monotonic() - started:.0f}s", file=sys.stderr)
     return ref
 
 
+@_docker_api
 def next_tag(repository: str, today: dt.date | None = None) -> str:
     """`YYYY.MM.DD-N`: N counts the builds of the day that produced a new image."""
     day = (today or dt.date.today()).strftime("%Y.%m.%d")
@@ -181,6 +221,7 @@ def _registry_cache(target: Target) -> list[str]:
     return args
 
 
+@_docker_api
 def build(
     target: Target, context: Path, log_dir: Path, no_cache: bool = False, stop: threading.Event | None = None
 ) -> BuildResult:
@@ -188,7 +229,6 @@ def build(
     has run check_prerequisites). Setting `stop` ends buildx within seconds (EngineError)."""
     for arch in target.bootstrap_arches:
         ensure_bootstrap_base(target.spec, target.base_name, arch)
-    log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{target.slug}.log"
     suffix = target.tag_suffix
     build_ref = f"{target.repository}:build{suffix}"
@@ -198,33 +238,11 @@ def build(
     ]  # fmt: skip
     print(f"==> building {target.slug} ({target.platform}); log: {log}", file=sys.stderr)
     started = time.monotonic()
-    with log.open("w") as log_fh:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1)
-        assert proc.stdout is not None
-        progress = _Progress(started)
-        lines: queue.Queue[str | None] = queue.Queue()
-        reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
-        reader.start()
-        while True:
-            if stop is not None and stop.is_set():
-                proc.terminate()
-                proc.wait()
-                raise EngineError(f"build of {target.slug} stopped after {time.monotonic() - started:.0f}s; its log: {log}")
-            if time.monotonic() - started > BUILD_TIMEOUT:
-                proc.terminate()
-                proc.wait()
-                raise EngineError(f"build of {target.slug}: docker buildx did not finish within {BUILD_TIMEOUT} s; its log: {log}")
-            try:
-                line = lines.get(timeout=2)
-            except queue.Empty:
-                progress.beat()  # quiet compiles still show that they are alive (once a minute)
-                continue
-            if line is None:
-                break
-            log_fh.write(line)
-            progress.feed(line)
-        reader.join()
-        rc = proc.wait()
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        rc = _run_build(cmd, target, log, started, stop)
+    except OSError as exc:  # the log cannot be written
+        raise EngineError(f"build of {target.slug}: {_one_line(exc)}") from None
     seconds = time.monotonic() - started
     if rc != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
@@ -232,6 +250,50 @@ def build(
     image = client().images.get(build_ref)
     tags = _apply_tags(image, target, suffix)
     return BuildResult(image.id, tags, seconds, log, target)
+
+
+def _run_build(cmd: list[str], target: Target, log: Path, started: float, stop: threading.Event | None) -> int:
+    """Run buildx, its output condensed on the terminal and kept whole in `log`: its exit status.
+    buildx runs in a session of its own (it is a child of the docker CLI): a stop, the time
+    limit, Ctrl-C or a SIGTERM of this process end the whole group (_stop_build)."""
+    with log.open("w") as log_fh, _signals_unwind():
+        proc = _start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1)
+        assert proc.stdout is not None
+        progress = _Progress(started)
+        lines: queue.Queue[str | None] = queue.Queue()
+        reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
+        reader.start()
+        try:
+            while True:
+                if stop is not None and stop.is_set():
+                    _stop_build(proc, reader)
+                    raise EngineError(f"build of {target.slug} stopped after {time.monotonic() - started:.0f}s; its log: {log}")
+                if time.monotonic() - started > BUILD_TIMEOUT:
+                    _stop_build(proc, reader)
+                    raise EngineError(f"build of {target.slug}: docker buildx did not finish within {BUILD_TIMEOUT} s; its log: {log}")
+                try:
+                    line = lines.get(timeout=2)
+                except queue.Empty:
+                    progress.beat()  # quiet compiles still show that they are alive (once a minute)
+                    continue
+                if line is None:
+                    break
+                log_fh.write(line)
+                progress.feed(line)
+        except BaseException:
+            _stop_build(proc, reader)
+            raise
+        reader.join()
+        return proc.wait()
+
+
+def _stop_build(proc: subprocess.Popen, reader: threading.Thread) -> None:
+    """End a running buildx: SIGTERM to its group first (buildx cancels its build in BuildKit),
+    SIGKILL to whatever of it is left once its output has not ended within KILL_GRACE seconds."""
+    if proc.returncode is None:
+        _signal_group(proc, signal.SIGTERM)
+        reader.join(KILL_GRACE)  # the output ends when the docker CLI and buildx have both exited
+        _stop_group(proc)
 
 
 def prune_build_cache() -> None:
@@ -305,10 +367,12 @@ class _Progress:
 # --- containers, for the tests ------------------------------------------------------------------
 
 
+@_docker_api
 def image_size(ref: str) -> int:
     return int(client().images.get(ref).attrs["Size"])
 
 
+@_docker_api
 def start_container(ref: str, arch: str, mounts: dict[str, str] | None = None):
     """Start a long-lived container of an image (for testinfra); the caller removes it."""
     require_image(ref)
@@ -318,6 +382,7 @@ def start_container(ref: str, arch: str, mounts: dict[str, str] | None = None):
     )
 
 
+@_docker_api
 def local_image_exists(ref: str) -> bool:
     try:
         client().images.get(ref)
@@ -333,6 +398,7 @@ class ContainerRun:
     stderr: str
 
 
+@_docker_api
 def run_container(
     ref: str,
     arch: str,
@@ -396,6 +462,8 @@ MAX_JSON_DEPTH = 64  # manifests, configs and cosign's output are a few levels d
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -409,6 +477,7 @@ REMOTE_REF = re.compile(
 SECRET_NAMES = re.compile(r"PASSWORD|PASSPHRASE|TOKEN|SECRET|CREDENTIAL|AUTH", re.IGNORECASE)
 
 
+@_docker_api
 def image_id(ref: str) -> str:
     """The local image's ID: its config digest, which a registry keeps as the manifest's config."""
     require_image(ref)
@@ -453,15 +522,83 @@ def _check_ref(ref: str) -> str:
     return ref
 
 
+def _tool_env() -> dict[str, str]:
+    """The environment of every tool: this process's, without the signing key's password, which
+    only cosign gets (_cosign_env), and only where it signs."""
+    return {k: v for k, v in os.environ.items() if k != "COSIGN_PASSWORD"}
+
+
+def _start(args: list[str], env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    """Start a tool in a session of its own, so that _stop_group ends it with all its children
+    (`docker buildx` is a child of the docker CLI). A session of its own also means that a Ctrl-C
+    or a SIGTERM of the terminal's process group no longer reaches it: whoever starts a tool must
+    end its group on any exception (and hold _signals_unwind, so that SIGTERM is one)."""
+    try:
+        return subprocess.Popen(args, env=_tool_env() if env is None else env, start_new_session=True, **popen)
+    except OSError as exc:
+        raise EngineError(f"cannot start {args[0]}: {_one_line(exc)}") from None
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal a tool's process group, only while the tool has not been waited for: until then its
+    process ID, which is the group's, cannot have been given to another process."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """End a tool and every process of its group (SIGKILL: a child that ignores SIGTERM goes
+    too) and wait for the tool."""
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """While it is held, SIGTERM and SIGHUP end this process by an exception (SystemExit, status
+    128 + the signal) instead of on the spot, so that cleanups run: the tools' groups are ended and
+    the push's work files removed (a cancelled CI job sends SIGTERM). Only in the main thread, and
+    only where nobody has set a handler of their own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _unwind)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+def _unwind(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _run(args: list[str], what: str, timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run a tool within `timeout` seconds, its input closed (nothing ever waits for a prompt)."""
+    """Run a tool within `timeout` seconds, its input closed (nothing ever waits for a prompt),
+    in an environment without COSIGN_PASSWORD unless `env` is given. On the time limit, Ctrl-C or
+    SIGTERM its whole process group is killed."""
     if shutil.which(args[0]) is None:
         raise EngineError(f"{args[0]} is not installed; {SETUP_HINT}")
-    try:
-        return subprocess.run(args, capture_output=True, check=False, env=env, stdin=subprocess.DEVNULL, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        limit = "" if timeout == BUILD_TIMEOUT else f" (the limit is set by {TOOL_TIMEOUT_ENV})"
-        raise EngineError(f"{what}: {args[0]} gave no answer within {timeout} s{limit}") from None
+    with _signals_unwind():
+        proc = _start(args, env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            limit = "" if timeout == BUILD_TIMEOUT else f" (the limit is set by {TOOL_TIMEOUT_ENV})"
+            raise EngineError(f"{what}: {args[0]} gave no answer within {timeout} s{limit}") from None
+        finally:
+            if proc.returncode is None:  # timed out or interrupted
+                _stop_group(proc)
+                for stream in (proc.stdout, proc.stderr):
+                    if stream is not None:
+                        stream.close()
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def _tool(args: list[str], what: str, timeout: int, env: dict[str, str] | None = None, binary: bool = False) -> Any:
@@ -562,57 +699,143 @@ def _read_member(archive: Path, member: tarfile.TarInfo, limit: int) -> bytes:
 
 
 GZIP_LEVEL = 6  # docker push's own level: users pull what is pushed many times over
-GZIP_MEMBER = 32 << 20  # bytes of a layer per gzip member: members compress in parallel
+COPY_CHUNK = 1 << 20  # bytes of a layer read at a time
+MAX_LINK_HOPS = 8  # links followed from one name of docker save's archive
+# The push's scratch space: the saved image and its compressed layers, as large as the image.
+PUSH_WORK = REPO_ROOT / "build" / "push-work"
 
 
-def _gzip_member(archive: Path, offset: int, length: int) -> tuple[bytes, bytes]:
-    """One stretch of a saved layer and its gzip member (no name, no time: the same bytes give
-    the same member on every run)."""
-    with archive.open("rb") as fh:
-        fh.seek(offset)
-        data = fh.read(length)
-    if len(data) != length:
-        raise EngineError("docker save's archive ends inside a layer")
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: a gzip stream
-    return data, compressor.compress(data) + compressor.flush()
+def _saved_member(members: dict[str, tarfile.TarInfo], name: str, image_id: str) -> tarfile.TarInfo:
+    """The file of docker save's archive that a name of its manifest.json stands for. Docker
+    before 25 writes a layer that an image holds twice only once, and the second place as a
+    symbolic link to the first (`../<id>/layer.tar`). Links are followed only to other members
+    of the same archive, never into the file system."""
+    member = members.get(name)
+    for _ in range(MAX_LINK_HOPS + 1):
+        if member is None:
+            raise EngineError(f"docker save of {image_id[:19]}: {name[:80]!r} names no file of its archive")
+        if member.isfile():
+            return member
+        if member.issym():
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+        elif member.islnk():  # a hard link names its target from the archive's root
+            target = posixpath.normpath(member.linkname)
+        else:
+            raise EngineError(f"docker save of {image_id[:19]} wrote {member.name[:80]!r}, which is not a file")
+        if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+            raise EngineError(f"docker save of {image_id[:19]}: {member.name[:80]!r} links outside its archive")
+        member = members.get(target)
+    raise EngineError(f"docker save of {image_id[:19]}: {name[:80]!r} is a chain of more than {MAX_LINK_HOPS} links")
 
 
-def _gzip_layer(archive: Path, member: tarfile.TarInfo, blobs: Path, pool: concurrent.futures.Executor) -> tuple[dict, str]:
-    """One layer of a saved image compressed as gzip, as `docker push` sends it: its descriptor and
-    the digest of the uncompressed tar (the config's diff_id). The layer is compressed in
-    stretches on every core, each a gzip member of its own; a gzip file may hold several members
-    in a row (RFC 1952), and Go's reader in the engines and registries reads them all."""
-    if not member.isfile():
-        raise EngineError(f"docker save wrote layer {member.name[:80]!r} that is not a file")
-    raw, packed = hashlib.sha256(), hashlib.sha256()
-    size = 0
-    stretches = [(member.offset_data + start, min(GZIP_MEMBER, member.size - start)) for start in range(0, member.size, GZIP_MEMBER)]
-    with tempfile.NamedTemporaryFile(dir=blobs, delete=False) as out:
-        for data, gz in pool.map(lambda stretch: _gzip_member(archive, *stretch), stretches or [(member.offset_data, 0)]):
-            raw.update(data)
-            packed.update(gz)
-            out.write(gz)
-            size += len(gz)
-    Path(out.name).replace(blobs / packed.hexdigest())
-    return {"mediaType": DOCKER_LAYER, "size": size, "digest": "sha256:" + packed.hexdigest()}, "sha256:" + raw.hexdigest()
+def _chunks(src: IO[bytes], length: int, digest: Any) -> Iterator[bytes]:
+    """`length` bytes of a file from where it stands, a chunk at a time, added to `digest`."""
+    left = length
+    while left:
+        chunk = src.read(min(COPY_CHUNK, left))
+        if not chunk:
+            raise EngineError("docker save's archive ends inside a layer")
+        digest.update(chunk)
+        left -= len(chunk)
+        yield chunk
+
+
+def _file_digest(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(COPY_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return "sha256:" + digest.hexdigest(), size
+
+
+def _gzip_layer(archive: Path, member: tarfile.TarInfo, out: Path, pigz: str | None) -> tuple[str, int, str]:
+    """One layer of docker save's archive compressed into `out`, as `docker push` sends it: the
+    blob's digest and size, and the digest of the uncompressed tar (the config's diff_id).
+
+    The blob is ONE gzip stream. A gzip file may hold several members in a row (RFC 1952), but
+    some readers take only the first (soci-snapshotter, composefs-rs and Rust's GzDecoder did);
+    pigz compresses on every core and still writes one stream (Python's zlib, without pigz, on
+    one core). No name and no time in its header: the same layer gives the same blob on every
+    run (with the same compressor: pigz's bytes are not zlib's)."""
+    raw = hashlib.sha256()
+    with archive.open("rb") as src, out.open("wb") as sink:
+        src.seek(member.offset_data)
+        chunks = _chunks(src, member.size, raw)
+        if pigz is not None:
+            _pigz(pigz, chunks, sink, out.parent)
+        else:
+            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: a gzip stream, mtime 0, no name
+            for chunk in chunks:
+                sink.write(compressor.compress(chunk))
+            sink.write(compressor.flush())
+    packed, size = _file_digest(out)
+    return packed, size, "sha256:" + raw.hexdigest()
+
+
+def _pigz(pigz: str, chunks: Iterator[bytes], sink: IO[bytes], work: Path) -> None:
+    """Feed `chunks` through pigz into `sink`, within the push's time limit: past it, or on any
+    exception (Ctrl-C, SIGTERM), pigz's process group is killed."""
+    timeout = tool_timeout(PUSH_TIMEOUT)
+    too_long = f"compressing a layer: pigz gave no answer within {timeout} s (the limit is set by {TOOL_TIMEOUT_ENV})"
+    expired = threading.Event()
+    with tempfile.TemporaryFile(dir=work) as errors:
+        proc = _start([pigz, "--no-name", "--no-time", f"-{GZIP_LEVEL}", "--stdout"], stdin=subprocess.PIPE, stdout=sink, stderr=errors)
+        assert proc.stdin is not None
+
+        def expire() -> None:
+            expired.set()
+            _signal_group(proc, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, expire)
+        timer.start()
+        started = time.monotonic()
+        try:
+            try:
+                for chunk in chunks:
+                    proc.stdin.write(chunk)
+                proc.stdin.close()
+            except BrokenPipeError:  # pigz ended early: its status says why
+                pass
+            timer.cancel()
+            timer.join()  # from here on only this thread signals or waits for pigz
+            rc = proc.wait(max(0.0, timeout - (time.monotonic() - started)))
+        except subprocess.TimeoutExpired:
+            raise EngineError(too_long) from None
+        finally:
+            timer.cancel()
+            timer.join()
+            if proc.returncode is None:
+                _stop_group(proc)
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+        if expired.is_set():
+            raise EngineError(too_long)
+        if rc != 0:
+            errors.seek(0)
+            raise EngineError(f"compressing a layer: pigz failed (exit {rc}): {_detail(errors.read(4096))}")
 
 
 def _oci_layout(image_id: str, work: Path) -> tuple[Path, str]:
-    """The local image as an OCI image layout (a Docker v2 manifest, gzip layers): its directory
-    and the manifest's digest. The config's bytes are the image's own (their digest is its ID)."""
+    """The local image as an OCI image layout (a Docker v2 manifest, gzip layers) in `work`: its
+    directory and the manifest's digest. The config's bytes are the image's own (their digest is
+    its ID)."""
     archive = work / "image.tar"
     _docker_save(image_id, archive)
-    with tarfile.open(archive) as tar:
-        members = {m.name: m for m in tar.getmembers()}
+    try:
+        with tarfile.open(archive) as tar:
+            members = {m.name: m for m in tar.getmembers()}
+    except tarfile.TarError as exc:
+        raise EngineError(f"docker save of {image_id[:19]} wrote no readable archive ({_one_line(exc)})") from None
     if "manifest.json" not in members:
         raise EngineError(f"docker save of {image_id[:19]} wrote no manifest.json")
     saved = _json(_read_member(archive, members["manifest.json"], MAX_MANIFEST_BYTES), "docker save's manifest.json")
     if not (isinstance(saved, list) and len(saved) == 1 and isinstance(saved[0], dict)):
         raise EngineError(f"docker save of {image_id[:19]} wrote {len(saved) if isinstance(saved, list) else 'no'} images, not one")
     config_name, layer_names = saved[0].get("Config"), saved[0].get("Layers")
-    if not isinstance(config_name, str) or not isinstance(layer_names, list) or not all(n in members for n in [config_name, *layer_names]):
-        raise EngineError(f"docker save of {image_id[:19]}: its manifest.json names files the archive lacks")
-    config_bytes = _read_member(archive, members[config_name], MAX_MANIFEST_BYTES)
+    if not isinstance(config_name, str) or not isinstance(layer_names, list) or not all(isinstance(n, str) for n in layer_names):
+        raise EngineError(f"docker save of {image_id[:19]}: its manifest.json names no config and layers")
+    config_bytes = _read_member(archive, _saved_member(members, config_name, image_id), MAX_MANIFEST_BYTES)
     if "sha256:" + hashlib.sha256(config_bytes).hexdigest() != image_id:
         raise EngineError(f"docker save of {image_id[:19]} gave the config of another image")
     config = _json(config_bytes, f"the config of {image_id[:19]}")
@@ -620,8 +843,19 @@ def _oci_layout(image_id: str, work: Path) -> tuple[Path, str]:
     layout = work / "layout"
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # zlib runs outside the GIL
-        layers = [_gzip_layer(archive, members[name], blobs, pool) for name in layer_names]
+    pigz = shutil.which("pigz")
+    if pigz is None and layer_names:
+        print("==> pigz is not installed (scripts/setup-host.sh installs it): compressing on one core with Python's gzip", file=sys.stderr)
+    compressed: dict[str, tuple[dict, str]] = {}  # by archive member: a layer held twice is compressed once
+    layers = []
+    for name in layer_names:
+        member = _saved_member(members, name, image_id)
+        if member.name not in compressed:
+            partial = work / "layer.gz"
+            packed, size, diff_id = _gzip_layer(archive, member, partial, pigz)
+            partial.replace(blobs / packed.split(":", 1)[1])
+            compressed[member.name] = ({"mediaType": DOCKER_LAYER, "size": size, "digest": packed}, diff_id)
+        layers.append(compressed[member.name])
     if diff_ids != [diff_id for _, diff_id in layers]:
         raise EngineError(f"docker save of {image_id[:19]}: its layers are not the ones its config lists")
     archive.unlink()
@@ -639,18 +873,61 @@ def _oci_layout(image_id: str, work: Path) -> tuple[Path, str]:
     return layout, digest
 
 
+def _empty(directory: Path) -> None:
+    """Remove everything in a directory (links themselves, never what they point to)."""
+    for entry in os.scandir(directory):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+@contextlib.contextmanager
+def _push_work() -> Iterator[Path]:
+    """PUSH_WORK (build/push-work), empty: what a killed push left there is removed when the next
+    push starts, and what this one writes when it ends, however it ends (a SIGTERM too: see
+    _signals_unwind). A lock on the directory makes a second push of the same checkout wait."""
+    try:
+        PUSH_WORK.mkdir(parents=True, exist_ok=True)
+        fd = os.open(PUSH_WORK, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise EngineError(f"the push's work directory {PUSH_WORK}: {_one_line(exc)}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"==> waiting for another push of this checkout to finish (it works in {PUSH_WORK})", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            _empty(PUSH_WORK)
+        except OSError as exc:
+            raise EngineError(f"emptying the push's work directory {PUSH_WORK}: {_one_line(exc)}") from None
+        try:
+            yield PUSH_WORK
+        finally:
+            with contextlib.suppress(OSError):  # the next push tries again
+                _empty(PUSH_WORK)
+    finally:
+        os.close(fd)
+
+
 def push_image(image_id: str, repository: str, plain_http: bool) -> str:
     """Push a local image into a repository by digest only, under no tag; returns the manifest's
     digest. Nothing a user pulls by tag can name it until `tag` is called (after signing): a push
-    that fails or is killed leaves at most untagged blobs, which the next push reuses."""
+    that fails or is killed leaves at most untagged blobs, which the next push reuses. Its work
+    files (as large as the image) are in build/push-work, and gone when it ends (_push_work)."""
     if not DIGEST.fullmatch(image_id):
         raise EngineError(f"not an image ID: {image_id[:80]!r}")
     require_image(image_id)
-    with tempfile.TemporaryDirectory(prefix="manyforge-push-") as tmp:
-        layout, digest = _oci_layout(image_id, Path(tmp))
+    _check_ref(repository)
+    with _signals_unwind(), _push_work() as work:
+        try:
+            layout, digest = _oci_layout(image_id, work)
+        except OSError as exc:  # a full disk, a file that went away
+            raise EngineError(f"pushing image {image_id[:19]}: writing its layout in {work}: {_one_line(exc)}") from None
         from_layout = "--from-oci-layout"
         to_http = ["--to-plain-http"] if plain_http else []
-        _tool(["oras", "cp", from_layout, *to_http, "--", f"{layout}@{digest}", _check_ref(repository)],
+        _tool(["oras", "cp", from_layout, *to_http, "--", f"{layout}@{digest}", repository],
               f"pushing image {image_id[:19]} to {repository}", tool_timeout(PUSH_TIMEOUT))  # fmt: skip
     return digest
 
@@ -695,19 +972,38 @@ def create_index(repository: str, members: list[str], annotations: dict[str, str
         platform = {"architecture": image_config["architecture"], "os": image_config["os"]}
         if isinstance(image_config.get("variant"), str) and image_config["variant"]:
             platform["variant"] = image_config["variant"]
-        media_type = manifest.get("mediaType") if isinstance(manifest.get("mediaType"), str) else DOCKER_MANIFEST
+        media_type = _manifest_media_type(manifest, config)
+        if media_type is None:
+            raise EngineError(f"creating the index {repository}: {member} is neither a Docker nor an OCI image manifest")
         if member_repo != repository:
             http = ["--from-plain-http", "--to-plain-http"] if plain_http else []
             _tool(["oras", "cp", *http, "--", member, repository], f"copying {member} into {repository}", tool_timeout(PUSH_TIMEOUT))
         manifests.append({"mediaType": media_type, "digest": digest, "size": len(raw), "platform": platform})
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests, "annotations": annotations}, indent=1).encode()
     digest = "sha256:" + hashlib.sha256(index).hexdigest()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "index.json"
-        path.write_bytes(index)
-        _tool(["oras", "manifest", "push", *_http(plain_http), "--media-type", OCI_INDEX, "--", f"{repository}@{digest}", str(path)],
-              f"pushing the index {repository}@{digest}", tool_timeout(PUSH_TIMEOUT))  # fmt: skip
+    try:
+        with tempfile.TemporaryDirectory(prefix="manyforge-index-") as tmp:
+            path = Path(tmp) / "index.json"
+            path.write_bytes(index)
+            _tool(["oras", "manifest", "push", *_http(plain_http), "--media-type", OCI_INDEX, "--", f"{repository}@{digest}", str(path)],
+                  f"pushing the index {repository}@{digest}", tool_timeout(PUSH_TIMEOUT))  # fmt: skip
+    except OSError as exc:
+        raise EngineError(f"pushing the index {repository}@{digest}: writing it to a temporary file: {_one_line(exc)}") from None
     return digest
+
+
+# The manifest type that goes with a config type: a member's manifest may omit its mediaType.
+MANIFEST_OF_CONFIG = {DOCKER_CONFIG: DOCKER_MANIFEST, OCI_CONFIG: OCI_MANIFEST}
+
+
+def _manifest_media_type(manifest: dict, config: Any) -> str | None:
+    """An image manifest's media type: its own, or (a field it may omit) the one that goes with
+    its config's; None if it is not an image manifest of Docker's or the OCI's."""
+    media_type = manifest.get("mediaType")
+    if media_type is None:
+        config_type = config.get("mediaType") if isinstance(config, dict) else None
+        media_type = MANIFEST_OF_CONFIG.get(config_type) if isinstance(config_type, str) else None
+    return media_type if isinstance(media_type, str) and media_type in MANIFEST_OF_CONFIG.values() else None
 
 
 def _cosign_env() -> dict[str, str]:
@@ -735,26 +1031,44 @@ def cosign_check_key(key: Path) -> str:
     return out
 
 
-def cosign_sign(ref: str, key: Path) -> None:
+def loopback_registry(ref: str) -> bool:
+    """Whether a reference's registry is a loopback one (127.0.0.1 or localhost, any port): the
+    only registries taken to speak plain HTTP, as publish's --registry takes them."""
+    return ref.split("/", 1)[0].split(":", 1)[0] in ("127.0.0.1", "localhost")
+
+
+def _cosign_argv(command: str, options: list[str], ref: str, plain_http: bool | None = None) -> list[str]:
+    """cosign's command line for a registry reference. --allow-http-registry only for a registry
+    that speaks plain HTTP (`plain_http`; None: a loopback one): with it, cosign's registry library
+    falls back to plain HTTP when HTTPS fails, which would let an attacker on the way downgrade a
+    remote registry's connection."""
+    http = loopback_registry(ref) if plain_http is None else plain_http
+    return ["cosign", command, *options, *(["--allow-http-registry"] if http else []), "--", ref]
+
+
+def cosign_sign(ref: str, key: Path, *, plain_http: bool | None = None) -> None:
     # No transparency log is reachable here: the signature lives in the registry beside the image.
-    _tool(["cosign", "sign", f"--key={key.resolve()}", "--tlog-upload=false", "--allow-http-registry", "--yes", "--", _pinned(ref)],
+    _tool(_cosign_argv("sign", [f"--key={key.resolve()}", "--tlog-upload=false", "--yes"], _pinned(ref), plain_http),
           f"signing {ref}", tool_timeout(SIGN_TIMEOUT), env=_cosign_env())  # fmt: skip
 
 
-def cosign_attest(ref: str, key: Path, predicate: Path, predicate_type: str) -> None:
-    _tool(["cosign", "attest", f"--key={key.resolve()}", "--tlog-upload=false", "--allow-http-registry", "--yes",
-           f"--predicate={predicate.resolve()}", f"--type={predicate_type}", "--", _pinned(ref)],
-          f"attesting {ref}", tool_timeout(SIGN_TIMEOUT), env=_cosign_env())  # fmt: skip
+def cosign_attest(ref: str, key: Path, predicate: Path, predicate_type: str, *, plain_http: bool | None = None) -> None:
+    options = [f"--key={key.resolve()}", "--tlog-upload=false", "--yes", f"--predicate={predicate.resolve()}", f"--type={predicate_type}"]
+    _tool(_cosign_argv("attest", options, _pinned(ref), plain_http), f"attesting {ref}", tool_timeout(SIGN_TIMEOUT), env=_cosign_env())
 
 
 def cosign_public_key(key: Path, dest: Path) -> Path:
     """The public half of a cosign key pair, written to `dest`."""
-    dest.write_text(cosign_check_key(key))
+    public = cosign_check_key(key)
+    try:
+        dest.write_text(public)
+    except OSError as exc:
+        raise EngineError(f"writing the public key to {dest}: {_one_line(exc)}") from None
     return dest
 
 
-def cosign_verify(ref: str, public_key: Path) -> list[dict]:
-    out = _tool(["cosign", "verify", f"--key={public_key.resolve()}", "--insecure-ignore-tlog", "--allow-http-registry", "--", _check_ref(ref)],
+def cosign_verify(ref: str, public_key: Path, *, plain_http: bool | None = None) -> list[dict]:
+    out = _tool(_cosign_argv("verify", [f"--key={public_key.resolve()}", "--insecure-ignore-tlog"], _check_ref(ref), plain_http),
                 f"verifying the signature of {ref}", tool_timeout(SIGN_TIMEOUT))  # fmt: skip
     verified = _json(out, f"cosign's verification of {ref}")
     if not isinstance(verified, list) or not all(isinstance(v, dict) for v in verified):
@@ -762,11 +1076,11 @@ def cosign_verify(ref: str, public_key: Path) -> list[dict]:
     return verified
 
 
-def verified_attestation(ref: str, public_key: Path, predicate_type: str) -> dict:
+def verified_attestation(ref: str, public_key: Path, predicate_type: str, *, plain_http: bool | None = None) -> dict:
     """The predicate of the newest attestation of a type, after checking its signature."""
     what = f"verifying the {predicate_type} attestation of {ref}"
-    out = _tool(["cosign", "verify-attestation", f"--key={public_key.resolve()}", "--insecure-ignore-tlog", "--allow-http-registry",
-                 f"--type={predicate_type}", "--", _check_ref(ref)], what, tool_timeout(SIGN_TIMEOUT))  # fmt: skip
+    options = [f"--key={public_key.resolve()}", "--insecure-ignore-tlog", f"--type={predicate_type}"]
+    out = _tool(_cosign_argv("verify-attestation", options, _check_ref(ref), plain_http), what, tool_timeout(SIGN_TIMEOUT))
     predicates = []
     for line in out.splitlines():
         if not line.strip():
@@ -785,21 +1099,22 @@ def verified_attestation(ref: str, public_key: Path, predicate_type: str) -> dic
     return dict(predicates[-1])
 
 
-def verified_sbom(ref: str, public_key: Path) -> dict:
-    return verified_attestation(ref, public_key, "cyclonedx")
+def verified_sbom(ref: str, public_key: Path, *, plain_http: bool | None = None) -> dict:
+    return verified_attestation(ref, public_key, "cyclonedx", plain_http=plain_http)
 
 
-def signed_with(ref: str, public_key: Path, predicate_type: str) -> bool:
+def signed_with(ref: str, public_key: Path, predicate_type: str, *, plain_http: bool | None = None) -> bool:
     """Whether a pushed manifest carries a signature and an attestation of a type that the key
     verifies (a rerun does not sign again what an interrupted run signed)."""
     try:
-        cosign_verify(ref, public_key)
-        verified_attestation(ref, public_key, predicate_type)
+        cosign_verify(ref, public_key, plain_http=plain_http)
+        verified_attestation(ref, public_key, predicate_type, plain_http=plain_http)
     except EngineError:
         return False
     return True
 
 
+@_docker_api
 def read_image_file(image_id: str, path: str, limit: int) -> bytes:
     """A regular file of a local image, read from a container that is created but never started
     (no emulator, and images without a shell work too)."""
@@ -818,19 +1133,23 @@ def read_image_file(image_id: str, path: str, limit: int) -> bytes:
                 raise EngineError(f"{path} in image {image_id[:19]} is larger than {limit} bytes")
     except docker.errors.NotFound:
         raise EngineError(f"image {image_id[:19]} has no {path}") from None
-    except docker.errors.DockerException as exc:
-        raise EngineError(f"reading {path} from image {image_id[:19]}: {scrub(str(exc))[:300]}") from None
+    except DOCKER_API_ERRORS as exc:
+        raise EngineError(f"reading {path} from image {image_id[:19]}: {_one_line(exc)}") from None
     finally:
         container.remove(force=True)
-    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
-        member = tar.next()
-        if member is None or not member.isfile() or member.size > limit:
-            raise EngineError(f"{path} in image {image_id[:19]} is not a regular file of at most {limit} bytes")
-        fh = tar.extractfile(member)
-        assert fh is not None
-        return fh.read()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+            member = tar.next()
+            if member is None or not member.isfile() or member.size > limit:
+                raise EngineError(f"{path} in image {image_id[:19]} is not a regular file of at most {limit} bytes")
+            fh = tar.extractfile(member)
+            assert fh is not None
+            return fh.read()
+    except (tarfile.TarError, OSError) as exc:  # the engine's answer is no archive, or a cut one
+        raise EngineError(f"reading {path} from image {image_id[:19]}: the engine's archive of it is unreadable ({_one_line(exc)})") from None
 
 
+@_docker_api
 def image_labels(ref: str) -> dict[str, str]:
     require_image(ref)
     return dict(client().images.get(ref).labels or {})

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 host to build and test images: Docker engine, buildx plugin,
-# QEMU user emulation with binfmt handlers, debootstrap, linters. Safe to run again:
+# QEMU user emulation with binfmt handlers, debootstrap, linters, pigz (publish compresses
+# image layers with it on every core, as one gzip stream each). Safe to run again:
 # every step checks first and only does what is missing.
 set -euo pipefail
 
@@ -14,7 +15,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-packages=(docker.io qemu-user-static binfmt-support debootstrap shellcheck xz-utils ca-certificates)
+packages=(docker.io qemu-user-static binfmt-support debootstrap shellcheck xz-utils ca-certificates pigz)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
