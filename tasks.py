@@ -6,9 +6,9 @@ problem and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -22,7 +22,8 @@ from manyforge import pipeline
 from manyforge import policy as policy_module
 from manyforge import publish as publish_module
 from manyforge.arches import ARCHES
-from manyforge.engine import EngineError, scrub
+from manyforge.engine import EngineError, build_cache_settings, scrub
+from manyforge.pipeline import shown
 from manyforge.policy import PolicyError
 from manyforge.render import render_dockerfile
 from manyforge.sources import SourceCache, SourceError, write_lock
@@ -31,17 +32,39 @@ from manyforge.spec import DEFAULT_SPEC, SpecError, load_spec, lock_path_default
 ROOT = Path(__file__).resolve().parent
 
 
+# Options whose task refuses an empty value itself, with a fuller message (the choices, or the
+# parser's own words); every other option given as '' is refused by _guard before the task runs.
+_OWN_EMPTY_CHECK = {"action", "arch", "image", "python", "dumps"}
+
+
+def _problems(problems: list[str]) -> str:
+    """One line per problem, scrubbed: a key or file name of the input may hold control
+    characters (ESC[2J would clear the terminal) or a secret of the environment."""
+    return "\n".join("error: " + " ".join(scrub(p).splitlines()) for p in problems)
+
+
+def _os_error(exc: OSError) -> str:
+    """An error of the system about a path: `<path>: <reason>` on one line."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    reason = exc.strerror or str(exc)
+    return _problems([f"{' -> '.join(shown(n) for n in names)}: {reason}" if names else reason])
+
+
 def _guard(fn):
     """Turn the project's own errors into a clean message and exit status."""
 
     def wrapper(c, *args, **kwargs):
         try:
+            for name, value in kwargs.items():
+                # `--output ''` is a mistake (a variable that expanded to nothing), never "the default".
+                if value == "" and name not in _OWN_EMPTY_CHECK:
+                    raise SpecError([f"--{name.replace('_', '-')}: empty; give a value or leave the option out"])
             return fn(c, *args, **kwargs)
         except SpecError as exc:
-            raise Exit("error: " + "\nerror: ".join(exc.problems), code=2) from None
+            raise Exit(_problems(exc.problems), code=2) from None
         except PolicyError as exc:
-            raise Exit("error: " + "\nerror: ".join(exc.problems), code=1) from None
-        except (SourceError, EngineError, publish_module.PublishError) as exc:
+            raise Exit(_problems(exc.problems), code=1) from None
+        except (SourceError, EngineError, publish_module.PublishError, pipeline.OutputError) as exc:
             # Scrubbed: no secret of the environment (COSIGN_PASSWORD, registry tokens) is shown.
             raise Exit(f"error: {scrub(str(exc))}", code=1) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
@@ -51,6 +74,10 @@ def _guard(fn):
             # `invoke matrix | head`: the reader left; say nothing more, like any filter.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise Exit(code=0) from None
+        except OSError as exc:
+            # A path the system refuses where no check named the option (a name too long, a
+            # directory that may not be read): the path and the system's reason, no traceback.
+            raise Exit(_os_error(exc), code=1) from None
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -58,7 +85,24 @@ def _guard(fn):
     return wrapper
 
 
+def _path(value: str, what: str) -> Path:
+    """A path the user named (`what`: the option or variable): refused, naming it, when the system
+    refuses the name itself (too long, a directory on the way that may not be searched). Whether
+    it must exist is the caller's check."""
+    try:
+        os.stat(value)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:
+        sep = " " if what.startswith("--") else "="  # --key PATH, MANYFORGE_LOCK=PATH
+        raise SpecError([f"{what}{sep}{shown(value)}: {exc.strerror}"]) from None
+    return Path(value)
+
+
 def _spec_path(spec_path: str | None) -> str | Path:
+    lock = os.environ.get("MANYFORGE_LOCK")
+    if lock:  # read later by load_spec, which would not name the variable
+        _path(lock, "MANYFORGE_LOCK")
     return spec_path or os.environ.get("MANYFORGE_SPEC") or DEFAULT_SPEC
 
 
@@ -121,7 +165,7 @@ def fetch(c, image=None, arch=None, origin="auto", from_dir=None, mirror=None, s
     """Fill the source cache with the pinned, verified inputs of the chosen images."""
     s = _spec(spec)
     targets = pipeline.targets_for(s, image, arch)
-    pipeline.fetch(s, SourceCache(), targets, origin, Path(from_dir) if from_dir else None, mirror)
+    pipeline.fetch(s, SourceCache(), targets, origin, Path(from_dir) if from_dir is not None else None, mirror)
 
 
 @task(
@@ -137,27 +181,17 @@ def fetch(c, image=None, arch=None, origin="auto", from_dir=None, mirror=None, s
 @_guard
 def render(c, image=None, arch="x86_64", base=None, toolchain=None, output=None, spec=None):
     """Write the Dockerfile of one image×arch for inspection."""
+    # Checked before any work: a directory, a socket or a name the system refuses.
+    if output is not None and output != "-":
+        pipeline.check_output(Path(output), "--output")
     s = _spec(spec)
     target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain)[0]
     text = render_dockerfile(target)
     if output == "-":
         sys.stdout.write(text)
         return
-    path = Path(output) if output else pipeline.BUILD_DIR / "dockerfiles" / target.slug / "Dockerfile"
-    if path.is_dir() or not path.name:
-        raise Exit(f"error: --output {path}: is a directory; give a file name", code=1)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        if path.exists() and not path.is_file():  # a device or pipe: write to it, never replace it
-            path.write_text(text)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(path)  # all or nothing: never a half-written Dockerfile
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise Exit(f"error: --output {path}: cannot write ({exc.strerror})", code=1) from None
+    path = Path(output) if output is not None else pipeline.BUILD_DIR / "dockerfiles" / target.slug / "Dockerfile"
+    pipeline.write_output(path, text, "--output")
     print(path)
 
 
@@ -200,6 +234,7 @@ def packages_check(c, image=None, arch="x86_64", base=None, toolchain=None, spec
 def build(c, image=None, arch="x86_64", python=None, base=None, toolchain=None, origin="auto", spec=None):
     """Build one image×arch (fetching its inputs first) and tag it <org>/<image>_<arch>:<YYYY.MM.DD>-<N>
     and :latest, e.g. manyforge/manylinux_2_36_x86_64 (a subset of --python adds -partial)."""
+    build_cache_settings()  # a mistake in MANYFORGE_BUILD_CACHE(_PUSH) stops it before anything runs
     s = _spec(spec)
     target = pipeline.targets_for(
         s, _image(s, image), arch, base=base, toolchain=toolchain, interpreters=_list(python, "python")
@@ -228,17 +263,26 @@ def policy(c, action, image=None, arch="x86_64", suite=None, output=None, dumps=
             raise Exit("error: policy dump needs --suite (a Debian suite, e.g. bookworm)", code=2)
         if arch not in ARCHES:
             raise Exit(f"error: unknown arch {arch!r}; choose one of: {', '.join(ARCHES)}", code=2)
-        out = Path(output) if output else ROOT / "tests" / "data" / "dumps" / f"debian-{suite}-{arch}.json"
+        out = Path(output) if output is not None else ROOT / "tests" / "data" / "dumps" / f"debian-{suite}-{arch}.json"
         data = pipeline.policy_dump_debian(suite, arch, out)
         print(f"{out}: {data['libc']['name']} {data['libc']['version']} {data['arch']}, {len(data['libraries'])} libraries")
     elif action == "derive":
-        paths = []
+        paths, problems = [], []
+        label = "--dumps " if dumps is not None else ""
         for item in _list(dumps, "dumps") or [str(ROOT / "tests" / "data" / "dumps")]:
-            p = Path(item)
-            paths += sorted(p.glob("*.json")) if p.is_dir() else [p]
-        missing = [str(p) for p in paths if not p.exists()]
-        if missing or not paths:
-            raise Exit(f"error: no such dump file(s): {', '.join(missing) or 'none given'}", code=2)
+            try:
+                mode = os.stat(item).st_mode
+                if stat.S_ISDIR(mode):
+                    found = sorted(Path(item) / n for n in os.listdir(item) if n.endswith(".json") and not n.startswith("."))
+                    paths += found
+                    if not found:
+                        problems.append(f"{label}{shown(item)}: no *.json dump files in it")
+                else:
+                    paths.append(Path(item))
+            except OSError as exc:
+                problems.append(f"{label}{shown(item)}: {exc.strerror}")
+        if problems:
+            raise SpecError(problems)
         for line in pipeline.policy_derive(paths, write):
             print(line)
     elif action == "check":
@@ -274,6 +318,7 @@ def matrix(c, spec=None, images=False):
 def benchmark(c, image=None, arch=None, python=None, spec=None):
     """Build like a release from an empty build cache (native arch cold, then each emulated arch
     right after), rebuild each unchanged, and print times, sizes and emulated/native ratios."""
+    build_cache_settings()  # as for build: before the build cache is emptied
     s = _spec(spec)
     name = _image(s, image)
     arches = _list(arch, "arch") or ["x86_64"] + [a for a in s.image(name).archs if a not in ("x86_64", "i686")]
@@ -303,12 +348,13 @@ def benchmark(c, image=None, arch=None, python=None, spec=None):
 def publish(c, registry, image=None, arch=None, key=None, subset=False, tag=None, index_only=False, spec=None):
     """Push tested images: <image>_<arch>:<YYYY.MM.DD>-<N> and :latest, the index <image>:<tag>,
     signatures, SBOM attestations and the release catalog (also written to build/releases/)."""
-    s = _spec(spec)
-    key_path = key or os.environ.get("MANYFORGE_COSIGN_KEY")
+    key_path = key if key is not None else os.environ.get("MANYFORGE_COSIGN_KEY")
     if not key_path:
         raise Exit("error: --key (or MANYFORGE_COSIGN_KEY): a cosign private key is needed to sign", code=2)
+    key_file = _path(key_path, "--key" if key is not None else "MANYFORGE_COSIGN_KEY")
+    s = _spec(spec)
     catalog = publish_module.publish(
-        s, _image(s, image), _list(arch, "arch"), registry, Path(key_path), subset=subset, tag=tag, index_only=index_only,
+        s, _image(s, image), _list(arch, "arch"), registry, key_file, subset=subset, tag=tag, index_only=index_only,
         log=lambda line: print(scrub(line), file=sys.stderr, flush=True),
     )  # fmt: skip
     print(json.dumps(catalog, indent=1))
@@ -345,12 +391,13 @@ def changelog(c, registry, from_tag, to_tag, image=None, arch=None, public_key=N
     s = _spec(spec)
     if format not in ("markdown", "json"):
         raise Exit(f"error: --format {format[:40]!r}: choose markdown or json", code=2)
-    pub = public_key or os.environ.get("MANYFORGE_COSIGN_PUB")
+    pub = public_key if public_key is not None else os.environ.get("MANYFORGE_COSIGN_PUB")
     if not pub:
         raise Exit("error: --public-key (or MANYFORGE_COSIGN_PUB) is needed to verify the SBOMs", code=2)
+    pub_file = _path(pub, "--public-key" if public_key is not None else "MANYFORGE_COSIGN_PUB")
     name = _image(s, image)
     arches = _list(arch, "arch") or list(s.image(name).archs)
-    log = publish_module.changelog(s, registry, name, arches, from_tag, to_tag, Path(pub))
+    log = publish_module.changelog(s, registry, name, arches, from_tag, to_tag, pub_file)
     print(json.dumps(log, indent=1) if format == "json" else publish_module.changelog_markdown(log))
 
 

@@ -5,13 +5,18 @@ tasks.py only parses arguments and calls these functions; the tests call them to
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
@@ -36,6 +41,89 @@ from manyforge.spec import REPO_ROOT, Spec, SpecError, Suite
 
 BUILD_DIR = REPO_ROOT / "build"
 ORIGINS = ("auto", "upstream", "debian")
+
+
+class OutputError(Exception):
+    """A file the user named for output cannot take it: one line naming the option and path."""
+
+
+def shown(value: Path | str, limit: int = 200) -> str:
+    """A path or value the user gave, fit for one line of a message (scrubbed, cut if very long)."""
+    text = engine.scrub(str(value))
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def check_output(path: Path, option: str) -> os.stat_result | None:
+    """Whether `path` can be written as an output, before any work is done: None for a file yet to
+    be made; its status for a regular file, a character device (/dev/stdout, /dev/null) or a FIFO.
+    A directory, a socket, a block device or a name the system refuses is an OutputError."""
+    if path.name in ("", ".", ".."):
+        raise OutputError(f"{option} {shown(path)}: is a directory; give a file name")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None  # its directories are made when it is written
+    except OSError as exc:
+        raise OutputError(f"{option} {shown(path)}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{option} {shown(path)}: is a directory; give a file name")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise OutputError(f"{option} {shown(path)}: not a regular file, a character device or a FIFO")
+    return st
+
+
+@contextlib.contextmanager
+def output_file(path: Path, option: str) -> Iterator[Callable[[str], None]]:
+    """The output the user named, checked on entry (before the work that makes its text); yields
+    the function that writes the text. A regular file is written all or nothing (a temporary
+    beside it, renamed over it: never a half-written file), through a symbolic link to the file it
+    names. A character device (/dev/stdout, /dev/null) or a FIFO is written in place, never
+    replaced, and opened on entry: a FIFO that no process reads is refused at once (opened without
+    blocking) instead of waiting forever, and one that has a reader keeps it until the text comes."""
+    st = check_output(path, option)
+    if st is None or stat.S_ISREG(st.st_mode):
+        yield lambda text: _replace(path, text, option)
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        os.set_blocking(fd, True)
+    except OSError as exc:
+        if stat.S_ISFIFO(st.st_mode) and exc.errno == errno.ENXIO:
+            raise OutputError(f"{option} {shown(path)}: a FIFO that no process reads; nothing written") from None
+        raise OutputError(f"{option} {shown(path)}: cannot write ({exc.strerror})") from None
+
+    def write(text: str) -> None:
+        data = memoryview(text.encode("utf-8"))
+        try:
+            while data:  # unbuffered: an error is raised here, not again when the file is closed
+                data = data[os.write(fd, data) :]
+        except OSError as exc:
+            raise OutputError(f"{option} {shown(path)}: cannot write ({exc.strerror})") from None
+
+    try:
+        yield write
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _replace(path: Path, text: str, option: str) -> None:
+    real = Path(os.path.realpath(path))  # the file a link names is replaced, not the link
+    tmp = real.with_name(f".{real.name[:200]}.partial")
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(real)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"{option} {shown(path)}: cannot write ({exc.strerror})") from None
+
+
+def write_output(path: Path, text: str, option: str) -> None:
+    """Write `text` to the output the user named (see output_file)."""
+    with output_file(path, option) as write:
+        write(text)
 
 
 def default_image(spec: Spec) -> str:
@@ -68,8 +156,19 @@ def fetch(
     """
     if origin not in ORIGINS:
         raise SourceError(f"--origin {origin[:100]!r}: unknown; choose one of: {', '.join(ORIGINS)}")
-    if seed_dir is not None and not seed_dir.is_dir():
-        raise SourceError(f"--from-dir {seed_dir}: not a directory")
+    if seed_dir is not None:
+        try:
+            is_dir = stat.S_ISDIR(os.stat(seed_dir).st_mode)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise SourceError(f"--from-dir {shown(seed_dir)}: {exc.strerror}") from None
+            is_dir = False
+        if not is_dir:
+            raise SourceError(f"--from-dir {shown(seed_dir)}: not a directory")
+        try:
+            os.listdir(seed_dir)  # every file under it is read: one that may not be is refused now
+        except OSError as exc:
+            raise SourceError(f"--from-dir {shown(seed_dir)}: cannot read ({exc.strerror})") from None
     # Parsed before the cache is touched: a bad --mirror leaves nothing behind.
     address = Address.parse(mirror, "--mirror") if mirror is not None else None
     with cache.filling():
@@ -145,6 +244,7 @@ def build(
 ) -> engine.BuildResult:
     """fetch → context → buildx; nothing is left half-done: the context is rewritten each time.
     Setting `stop` ends the build (engine.build)."""
+    engine.build_cache_settings()  # a mistake in MANYFORGE_BUILD_CACHE(_PUSH): before the fetch and the base
     engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
     target = fetch(spec, cache, [target], origin=origin)[0]
     context = write_context(target, cache, BUILD_DIR / "contexts" / target.slug)
@@ -180,6 +280,7 @@ def benchmark(spec: Spec, cache: SourceCache, targets: list[Target]) -> list[dic
     arch) cold, then each other one right after, reusing only what it shares with the builds
     before it (the native stages its cross stages start from); then each again with nothing
     changed. Bootstrapping a base is not counted. The figures the speed targets are judged by."""
+    engine.build_cache_settings()  # before any base is bootstrapped or the cache emptied
     for target in targets:
         engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
         for arch in target.bootstrap_arches:
@@ -245,7 +346,8 @@ def policy_dump_debian(suite: str, arch: str, output: Path) -> dict:
         raise SpecError([f"--suite {suite[:60]!r}: not a Debian suite name (lowercase letters, digits and '-', e.g. bookworm)"]) from None
     if arch not in ARCHES:
         raise SpecError([f"--arch {arch[:40]!r}: unknown; choose one of: {', '.join(ARCHES)}"])
-    with tempfile.TemporaryDirectory(prefix="manyforge-dump-") as tmp:
+    # Opened before the bootstrap, which takes minutes: a FIFO no process reads fails now.
+    with output_file(output, "--output") as write, tempfile.TemporaryDirectory(prefix="manyforge-dump-") as tmp:
         tarball = Path(tmp) / "root.tar"
         log(f"bootstrapping {suite} for {arch}")
         debootstrap_root(suite, arch, tarball, include=POLICY_LIBRARIES)
@@ -260,8 +362,7 @@ def policy_dump_debian(suite: str, arch: str, output: Path) -> dict:
         )  # fmt: skip
         if dump.returncode != 0:
             raise SourceError(f"symbol dump of {suite}/{arch} failed: {dump.stderr.strip()}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(dump.stdout)
+        write(dump.stdout)
     return json.loads(dump.stdout)
 
 

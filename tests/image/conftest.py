@@ -51,13 +51,42 @@ def _default_targets(spec: Spec) -> str:
 
 
 def _targets(spec: Spec) -> list[Target]:
-    if os.environ.get("MANYFORGE_TEST_IMAGE") or os.environ.get("MANYFORGE_TEST_ARCHES"):
-        image = os.environ.get("MANYFORGE_TEST_IMAGE") or pipeline.default_image(spec)
-        arches = os.environ.get("MANYFORGE_TEST_ARCHES", "x86_64").split(",")
-        variant = {"base": os.environ.get("MANYFORGE_TEST_BASE") or None, "toolchain": os.environ.get("MANYFORGE_TEST_TOOLCHAIN") or None}
-        return [resolve_target(spec, image, arch, **variant) for arch in arches]
+    """The session's targets from MANYFORGE_TEST_*: either MANYFORGE_TEST_IMAGE/_ARCHES (with
+    _BASE/_TOOLCHAIN, which only they read) or MANYFORGE_TEST_TARGETS, never both; a setting that
+    would be ignored, or a target named twice, is a usage error naming the variables."""
+    # Empty is unset for these (the workflow passes an empty base or toolchain for no variant) ...
+    env = {k: os.environ.get(f"MANYFORGE_TEST_{k}") or None for k in ("IMAGE", "ARCHES", "BASE", "TOOLCHAIN")}
+    targets = os.environ.get("MANYFORGE_TEST_TARGETS")  # ... but an empty list of targets is a mistake
+    chosen = [f"MANYFORGE_TEST_{k}" for k in ("IMAGE", "ARCHES") if env[k]]
+    variant = [f"MANYFORGE_TEST_{k}" for k in ("BASE", "TOOLCHAIN") if env[k]]
+    if chosen and targets is not None:
+        raise pytest.UsageError(
+            f"MANYFORGE_TEST_TARGETS and {' and '.join(chosen)} are set together: choose the targets one way, not both"
+        )
+    if variant and not chosen:
+        raise pytest.UsageError(
+            f"{' and '.join(variant)} {'is' if len(variant) == 1 else 'are'} only read with MANYFORGE_TEST_IMAGE or MANYFORGE_TEST_ARCHES: set one of them"
+            + (" instead of MANYFORGE_TEST_TARGETS" if targets is not None else "")
+        )
+    if chosen:
+        image = env["IMAGE"] or pipeline.default_image(spec)
+        arches = (env["ARCHES"] or "x86_64").split(",")
+        twice = sorted({a for a in arches if arches.count(a) > 1})
+        if twice:
+            raise pytest.UsageError(f"MANYFORGE_TEST_ARCHES={str(env['ARCHES'])[:100]!r}: names {', '.join(twice)} more than once")
+        return [resolve_target(spec, image, arch, base=env["BASE"], toolchain=env["TOOLCHAIN"]) for arch in arches]
+    if targets is None:
+        # The defaults may name one target twice (a MANYFORGE_SPEC whose first image is manylinux_2_31): once is enough.
+        first: dict[str, Target] = {}
+        for target in _parse_targets(spec, _default_targets(spec)):
+            first.setdefault(target.slug, target)
+        return list(first.values())
+    return _unique(_parse_targets(spec, targets), targets)
+
+
+def _parse_targets(spec: Spec, value: str) -> list[Target]:
     out = []
-    for item in os.environ.get("MANYFORGE_TEST_TARGETS", _default_targets(spec)).split(","):
+    for item in value.split(","):
         parts = item.split(":")
         if len(parts) not in (2, 3):
             raise pytest.UsageError(f"MANYFORGE_TEST_TARGETS: {item[:100]!r} is not image:arch[:tag+tag...]")
@@ -69,6 +98,16 @@ def _targets(spec: Spec) -> list[Target]:
             subset = [t for t in parts[2].split("+") if t] or [spec.image(image).tools_interpreter]
             out.append(resolve_target(spec, image, arch, interpreters=subset))
     return out
+
+
+def _unique(targets: list[Target], value: str) -> list[Target]:
+    """Each image once: one named twice (also as another subset of its interpreters) would be
+    built and tested twice under the same tags."""
+    slugs = [t.slug for t in targets]
+    twice = sorted({s for s in slugs if slugs.count(s) > 1})
+    if twice:
+        raise pytest.UsageError(f"MANYFORGE_TEST_TARGETS={value[:100]!r}: names {', '.join(twice)} more than once")
+    return targets
 
 
 TARGETS: list[Target] = []  # filled once the configuration is read (pytest_configure)
@@ -291,6 +330,10 @@ APPLIES_TO: dict[str, Applies] = {
 def pytest_configure(config):
     config.addinivalue_line("markers", "applies_to(predicate): the image targets (render.Target -> bool) a test applies to")
     _load_targets()
+    try:  # every image builds with these: a mistake stops the session before the first build
+        engine.build_cache_settings()
+    except engine.EngineError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _applies(item) -> Applies | None:
