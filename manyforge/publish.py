@@ -5,11 +5,26 @@ Only an image whose exact digest passed a complete run of the image tests is pus
 write a record per image: tests/image/conftest.py). Every registry and signing operation goes
 through the engine; this module decides what to push, under which tag, and what to write.
 
-No tag ever names an unsigned image: the key and its password are checked before anything is
-pushed; each image and the index are pushed by digest under no tag and signed and attested by
-digest; only once all of the release is signed are they given the dated tag and `latest`. A
-publish that fails or is killed before that leaves no new release tag; running it again
-completes the release (signing nothing twice).
+Before anything is pushed: the key and its password sign; every image has a passing record, and
+an SBOM that the catalog and the changelog can read (`Sbom`), of which its line of the catalog is
+made; the release tag may be this release's (no arch's dated tag names another image, and an
+index already tagged means a complete release that takes no arch it lacks); and every member of
+the index that this run does not push verifies, signature and SBOM attestation, with the public
+half of the key (the index's catalog is made of those attested SBOMs). Then each image and the
+index are pushed by digest under no tag, and signed and attested by digest. No tag ever names an
+unsigned manifest.
+
+The workflow's parallel jobs share a tag: a job given `--tag` for some arches makes no index
+(unless `--subset`); `--index-only` makes it of every declared arch, once all are pushed.
+
+Tags come last, one call each, and the tagging itself can be interrupted between two of them.
+They are set in the order that leaves least behind: the arches' dated tags, then the index's
+dated tag, then the `latest` tags. A kill before the first leaves no new release tag; a kill
+later leaves dated tags that each name a signed manifest of this release, and running the same
+publish again completes it (it pushes and signs nothing twice, and the tags it sets name what
+they already name). A dated tag never moves, the index's included: a publish whose tag names
+anything else is refused, and is a new release. `latest` moves only to a release at least as
+new as every dated release of its repository.
 """
 
 from __future__ import annotations
@@ -24,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from manyforge import engine
+from manyforge.quoting import _REF_COMPONENT, REGISTRY_HOST
 from manyforge.render import Target, resolve_target
 from manyforge.spec import REPO_ROOT, Spec
 
@@ -35,14 +51,15 @@ RECORD_DIR = BUILD_DIR / "test-records"
 RELEASE_DIR = BUILD_DIR / "releases"
 SBOM_PATH = "/opt/_internal/sbom.cdx.json"
 SBOM_MAX_BYTES = 64 * 1024 * 1024
+SBOM_TYPE = "cyclonedx"
 CATALOG_TYPE = "https://manyforge.dev/attestations/catalog/v1"
-# HOST[:PORT]/NAMESPACE, ASCII only (the patterns name their characters: `\d` would take any
-# Unicode digit). A host starts and ends with a letter or digit, so nothing reaches a tool as an
-# option; the port is checked to be 1..65535.
-_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
-_COMPONENT = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"
-REGISTRY = re.compile(rf"(?P<host>{_LABEL}(?:\.{_LABEL})*)(?::(?P<port>[0-9]{{1,5}}))?/(?P<namespace>{_COMPONENT}(?:/{_COMPONENT})*)")
-RELEASE_TAG = re.compile(r"(?P<day>[0-9]{4}\.[0-9]{2}\.[0-9]{2})-(?P<n>[0-9]{1,9})")
+# HOST[:PORT]/NAMESPACE in the grammar of Docker image references (manyforge.quoting's, ASCII): a
+# host is told by a `.` or a port, or is localhost, and starts and ends with a letter or digit, so
+# nothing reaches a tool as an option; the port is checked to be 1..65535. No user name, no password.
+REGISTRY = re.compile(rf"(?P<host>{REGISTRY_HOST})/(?P<namespace>{_REF_COMPONENT}(?:/{_REF_COMPONENT})*)")
+# The shape of a release tag; `release_key` also checks that its day is a date and N canonical.
+RELEASE_TAG = re.compile(r"(?P<day>[0-9]{4}\.[0-9]{2}\.[0-9]{2})-(?P<n>[1-9][0-9]{0,8})")
+NEVER_MOVES = "a dated tag never moves; publish a new release"
 
 
 class PublishError(Exception):
@@ -57,7 +74,6 @@ class RecordError(PublishError):
 
 # Defined here rather than in spec.py, whose types describe images.yaml: a record is the image
 # tests' verdict on one built image, and only this stage and the tests that write it read it.
-IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 SLUG = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 LOCAL_REF = re.compile(r"[a-z0-9][a-z0-9._/-]{0,200}(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?")
 RECORD_MAX_BYTES = 16 * 1024  # a record is a few hundred bytes
@@ -91,7 +107,7 @@ class TestRecord(BaseModel):
     skipped: Count
     complete: bool
 
-    _image_id = field_validator("image_id", "spec_revision")(_matching(IMAGE_ID, "sha256:<64 hex digits>"))
+    _image_id = field_validator("image_id", "spec_revision")(_matching(engine.DIGEST, "sha256:<64 hex digits>"))
     _slug = field_validator("slug")(_matching(SLUG, "an image slug (ASCII letters, digits, . _ -)"))
     _ref = field_validator("ref")(_matching(LOCAL_REF, "a local image reference"))
 
@@ -115,7 +131,7 @@ def spec_revision(spec: Spec) -> str:
 
 
 def _record_path(image_id: str) -> Path:
-    if not IMAGE_ID.fullmatch(image_id):
+    if not engine.DIGEST.fullmatch(image_id):
         raise RecordError(f"not an image ID: {image_id[:80]!r}")
     return RECORD_DIR / (image_id.split(":", 1)[1] + ".json")
 
@@ -228,15 +244,19 @@ class Destination:
 
     @classmethod
     def parse(cls, value: str) -> Destination:
-        m = REGISTRY.fullmatch(value or "")
-        port = m.group("port") if m else None
+        if isinstance(value, str) and "@" in value:
+            # user:token@host: the value is not echoed (it would show the token).
+            raise PublishError("--registry holds a user name or password (USER[:PASSWORD]@): give HOST[:PORT]/NAMESPACE and log in with `docker login`")
+        m = REGISTRY.fullmatch(value) if isinstance(value, str) else None
+        port = m.group("host").rpartition(":")[2] if m and ":" in m.group("host") else None
         if m is None or len(value) > 200 or (port is not None and not 1 <= int(port) <= 65535):
             raise PublishError(
-                f"--registry {value[:100]!r}: expected HOST[:PORT]/NAMESPACE, e.g. 127.0.0.1:5000/manyforge "
-                "(ASCII lower-case letters, digits, . - in the host, a port of 1 to 65535)"
+                f"--registry {str(value)[:100]!r}: expected HOST[:PORT]/NAMESPACE, e.g. 127.0.0.1:5000/manyforge "
+                "(a host with a . or a port, or localhost; a port of 1 to 65535; ASCII lower-case letters, digits, "
+                "and . _ - between them in the namespace)"
             )
-        host = m.group("host") + (f":{port}" if port is not None else "")
-        return cls(host, m.group("namespace"))
+        # Host names are case-insensitive: the references the engine is given are lower-case.
+        return cls(m.group("host").lower(), m.group("namespace"))
 
     @property
     def plain_http(self) -> bool:
@@ -247,9 +267,23 @@ class Destination:
         return f"{self.host}/{self.namespace}/{name}"
 
 
+def release_key(tag: object) -> tuple[dt.date, int] | None:
+    """(day, N) of a release tag `YYYY.MM.DD-N` (None for anything else): the one reader of release
+    tags, for every option that takes one and every tag read from a registry. The day is a date of
+    the calendar, N a positive integer without leading zeros (`-01` would sort apart from `-1`)."""
+    m = RELEASE_TAG.fullmatch(tag) if isinstance(tag, str) else None
+    if m is None:
+        return None
+    try:
+        day = dt.datetime.strptime(m.group("day"), "%Y.%m.%d").date()
+    except ValueError:
+        return None
+    return day, int(m.group("n"))
+
+
 def check_release_tag(tag: str, option: str = "--tag") -> str:
-    if not isinstance(tag, str) or not RELEASE_TAG.fullmatch(tag):
-        raise PublishError(f"{option} {str(tag)[:60]!r}: expected a release tag YYYY.MM.DD-N")
+    if release_key(tag) is None:
+        raise PublishError(f"{option} {str(tag)[:60]!r}: expected a release tag YYYY.MM.DD-N (a date, N from 1, no leading zeros)")
     return tag
 
 
@@ -261,24 +295,60 @@ def check_arches(spec: Spec, image_name: str, arches: list[str]) -> list[str]:
     return arches
 
 
-def _dated(tag: str, day: str) -> int | None:
-    m = RELEASE_TAG.fullmatch(tag)
-    return int(m.group("n")) if m and m.group("day") == day else None
+def _dated(tag: str, day: dt.date) -> int | None:
+    key = release_key(tag)
+    return key[1] if key is not None and key[0] == day else None
 
 
-def choose_tag(dest: Destination, repos: dict[str, str], image_ids: dict[str, str], index_repo: str, day: str) -> str:
-    """The release tag `<day>-<N>`. A tag of the day under which every image to publish is
-    either already our exact image or absent is reused (an interrupted publish resumes);
-    otherwise N is one more than any tag of the day in the registry (two machines never reuse one)."""
+def _day(today: dt.date | None) -> dt.date:
+    return today or dt.date.today()
+
+
+def _tag_name(day: dt.date, n: int) -> str:
+    return f"{day:%Y.%m.%d}-{n}"
+
+
+def _tagged(repo: str, tag: str, plain_http: bool) -> str | None:
+    """The digest of the manifest a tag of a repository names (an image or an index), or None."""
+    if tag not in engine.registry_tags(repo, plain_http):
+        return None
+    return engine.remote_digest(f"{repo}:{tag}", plain_http)
+
+
+def _tag_problems(
+    dest: Destination, repos: dict[str, str], image_ids: dict[str, str], index_repo: str, tag: str
+) -> tuple[list[str], dict[str, str | None]]:
+    """Why `tag` cannot be this release's (none: it can), and what each arch's tag names now (the
+    image's config digest, "" for a manifest that is no image, None where untagged). A dated tag
+    never moves: each arch's must be absent or already this exact image; and once the index's is
+    set the release is complete, so a run may only come back to the arches it already holds (an
+    arch added later needs a new release)."""
+    states: dict[str, str | None] = {}
+    for arch, repo in repos.items():
+        tagged = tag in engine.registry_tags(repo, dest.plain_http)
+        states[arch] = (engine.remote_config_digest(f"{repo}:{tag}", dest.plain_http) or "") if tagged else None
+    problems = [f"{repos[a]}:{tag} already names another image" for a, s in states.items() if s not in (None, image_ids[a])]
+    if tag in engine.registry_tags(index_repo, dest.plain_http):
+        late = [a for a, s in states.items() if s is None]
+        if late:
+            problems.append(f"the index {index_repo}:{tag} is already released without {', '.join(late)}")
+    return problems, states
+
+
+def choose_tag(dest: Destination, repos: dict[str, str], image_ids: dict[str, str], index_repo: str, day: dt.date) -> str:
+    """The release tag `<day>-<N>`. A tag of the day that already holds some of these exact images
+    and that this release may complete (`_tag_problems`) is reused (an interrupted publish
+    resumes); otherwise N is one more than any tag of the day in the registry (two machines never
+    reuse one). A tag whose index is released without one of these arches is never reused."""
     numbers: set[int] = set()
     for repo in [*repos.values(), index_repo]:
         numbers |= {n for t in engine.registry_tags(repo, dest.plain_http) if (n := _dated(t, day)) is not None}
     for n in sorted(numbers, reverse=True):
-        tag = f"{day}-{n}"
-        states = [engine.remote_config_digest(f"{repos[a]}:{tag}", dest.plain_http) for a in repos]
-        if any(s is not None for s in states) and all(s in (None, image_ids[a]) for a, s in zip(repos, states, strict=True)):
+        tag = _tag_name(day, n)
+        problems, states = _tag_problems(dest, repos, image_ids, index_repo, tag)
+        if not problems and any(states[a] == image_ids[a] for a in repos):
             return tag
-    return f"{day}-{max(numbers, default=0) + 1}"
+    return _tag_name(day, max(numbers, default=0) + 1)
 
 
 def next_tag(spec: Spec, image_name: str, registry: str, today: dt.date | None = None) -> str:
@@ -286,34 +356,145 @@ def next_tag(spec: Spec, image_name: str, registry: str, today: dt.date | None =
     dest = Destination.parse(registry)
     image = spec.image(image_name)
     repos = [dest.repository(f"{image_name}_{a}") for a in image.archs] + [dest.repository(image_name)]
-    day = (today or dt.date.today()).strftime("%Y.%m.%d")
+    day = _day(today)
     numbers = {n for repo in repos for t in engine.registry_tags(repo, dest.plain_http) if (n := _dated(t, day)) is not None}
-    return f"{day}-{max(numbers, default=0) + 1}"
+    return _tag_name(day, max(numbers, default=0) + 1)
 
 
-def _read_sbom(image_id: str) -> dict:
+# --- SBOMs -------------------------------------------------------------------------------------------------
+
+
+class SbomProperty(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    name: str
+    value: str
+
+
+class SbomComponent(BaseModel):
+    """The fields of a CycloneDX component that the catalog and the changelog read."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1)
+    version: str | None = None
+    type: str | None = None
+    bom_ref: str | None = Field(default=None, alias="bom-ref")
+    properties: list[SbomProperty] = []
+
+    @property
+    def props(self) -> dict[str, str]:
+        return {p.name: p.value for p in self.properties}
+
+    @model_validator(mode="after")
+    def _readable(self) -> SbomComponent:
+        names = [p.name for p in self.properties]
+        if len(set(names)) != len(names):
+            raise ValueError(f"component {self.name[:60]!r} has a property twice")
+        props = self.props
+        if self.name == "cpython" and "manyforge:interpreter" not in props:
+            raise ValueError("a cpython component without its manyforge:interpreter property")
+        if self.version is None and (self.name == "cpython" or "manyforge:installed-in" in props or self.bom_ref == "toolchain"):
+            raise ValueError(f"component {self.name[:60]!r} has no version")
+        return self
+
+
+class Sbom(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    components: list[SbomComponent] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> Sbom:
+        for what, names in (
+            ("interpreter", [c.props["manyforge:interpreter"] for c in self.components if c.name == "cpython"]),
+            ("tool", [c.name for c in self.components if c.props.get("manyforge:installed-in") == "tools"]),
+            ("toolchain", [c.name for c in self.components if c.bom_ref == "toolchain"]),
+        ):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{what} {twice[0][:60]!r} appears twice")
+        return self
+
+
+def parse_sbom(data: Any, where: str) -> Sbom:
+    """An SBOM as the catalog and the changelog read it; PublishError in one line naming `where`."""
+    if not isinstance(data, dict):
+        raise PublishError(f"{where}: not a CycloneDX document (a JSON object)")
+    try:
+        return Sbom.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'document'}: {e['msg']}" for e in exc.errors()[:3]]
+        raise PublishError(f"{where}: not a CycloneDX document this stage reads ({'; '.join(problems)[:400]})") from None
+
+
+def _read_sbom(image_id: str) -> tuple[dict, Sbom]:
+    """The SBOM inside a local image: the document (attested as it is) and what it says."""
+    where = f"image {image_id[:19]}: {SBOM_PATH}"
     data = engine.read_image_file(image_id, SBOM_PATH, SBOM_MAX_BYTES)
     try:
-        sbom = json.loads(data)
-    except (ValueError, RecursionError):
-        raise PublishError(f"image {image_id[:19]}: {SBOM_PATH} is not valid JSON") from None
-    if not isinstance(sbom, dict) or not isinstance(sbom.get("components", []), list):
-        raise PublishError(f"image {image_id[:19]}: {SBOM_PATH} is not a CycloneDX document")
-    return sbom
+        document = _strict_json(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PublishError(f"{where} is not UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise PublishError(f"{where} is not valid JSON ({str(exc)[:120]})") from None
+    return document, parse_sbom(document, where)
+
+
+def _verified_member(repo: str, digest: str, public_key: Path) -> Sbom:
+    """A member of the index that this run did not push: its signature and its SBOM attestation
+    verify with the key, and the SBOM is one the catalog can read."""
+    pinned = f"{repo}@{digest}"
+    engine.cosign_verify(pinned, public_key)
+    return parse_sbom(engine.verified_sbom(pinned, public_key), f"the SBOM attested on {pinned}")
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 def _sign_once(pinned: str, key: Path, public_key: Path, predicate: dict, predicate_type: str, log) -> None:
-    """Sign a pushed manifest and attest a predicate, both by digest, unless a signature and an
-    attestation of that type already verify with the key (a rerun of an interrupted publish)."""
-    if engine.signed_with(pinned, public_key, predicate_type):
+    """Sign a pushed manifest and attest a predicate, both by digest, unless a signature verifies
+    with the key and the newest attestation of that type that verifies says exactly this (a rerun of
+    an interrupted publish); an attestation saying anything else is followed by this one."""
+    try:
+        engine.cosign_verify(pinned, public_key)
+        signed = True
+    except engine.EngineError:
+        signed = False
+    try:
+        attested = engine.verified_attestation(pinned, public_key, predicate_type) == _as_json(predicate)
+    except engine.EngineError:
+        attested = False
+    if signed and attested:
         log(f"  {pinned}: already signed and attested")
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        predicate_file = Path(tmp) / "predicate.json"
-        predicate_file.write_text(json.dumps(predicate))
+    if not signed:
         engine.cosign_sign(pinned, key)
-        engine.cosign_attest(pinned, key, predicate_file, predicate_type)
-    log(f"  {pinned}: signed, {predicate_type} attested")
+    if not attested:
+        with tempfile.TemporaryDirectory() as tmp:
+            predicate_file = Path(tmp) / "predicate.json"
+            predicate_file.write_text(json.dumps(predicate))
+            engine.cosign_attest(pinned, key, predicate_file, predicate_type)
+    log(f"  {pinned}: {'signed, ' if not signed else ''}{predicate_type} attested")
+
+
+def _catalog_entry(spec: Spec, image_name: str, dest: Destination, arch: str, tag: str, sbom: Sbom) -> dict[str, Any]:
+    """An arch's line of the catalog; its digest is filled in once it is pushed."""
+    image = spec.image(image_name)
+    components = sbom.components
+    return {
+        "repository": dest.repository(f"{image_name}_{arch}"),
+        "digest": None,
+        "tags": [tag],
+        "libc": {"name": image.libc.name, "version": image.libc.version},
+        "gcc": next((c.version for c in components if c.bom_ref == "toolchain"), None),
+        "interpreters": {c.props["manyforge:interpreter"]: c.version for c in components if c.name == "cpython"},
+        "tools": {c.name: c.version for c in components if c.props.get("manyforge:installed-in") == "tools"},
+    }
+
+
+# --- publishing ----------------------------------------------------------------------------------------
 
 
 def publish(
@@ -331,8 +512,10 @@ def publish(
     """Push the tested images of one image of images.yaml; returns the release's catalog.
 
     `tag` publishes under a tag chosen beforehand (parallel jobs share one: `next_tag`); it is
-    refused if it already names a different image. `index_only` pushes nothing and makes the
-    multi-arch index of what was pushed under `tag`.
+    refused if it already names anything else. A run given `tag` makes no index unless it pushes
+    every declared arch or `subset` is set: `index_only` (pushing no image) makes the index of
+    every declared arch pushed under `tag`, each verified, and fails if one is missing (with
+    `subset`: the index of those that are, said in its annotations).
     """
     dest = Destination.parse(registry)
     image = spec.image(image_name)
@@ -344,105 +527,188 @@ def publish(
     targets = {arch: resolve_target(spec, image_name, arch) for arch in chosen}
     if not key.is_file():
         raise PublishError(f"--key {key}: no such signing key (cosign generate-key-pair makes one)")
-    # Before anything is pushed: the key signs (a wrong password or a file that is no key stops
-    # here), and every image is built here and passed its tests, by a record that names it.
+    # Before anything is pushed: the key signs (a wrong password or a file that is no key stops here).
     with tempfile.TemporaryDirectory() as tmp:
         public_key = Path(tmp) / "cosign.pub"
         public_key.write_text(engine.cosign_check_key(key))
-        return _publish(spec, image_name, chosen, targets, dest, key, public_key, subset, tag, today, log)
+        release = _Release(spec, image_name, dest, key, public_key, subset, log)
+        return release.publish(targets, tag, index_only, _day(today))
 
 
-def _publish(spec, image_name, chosen, targets: dict[str, Target], dest, key, public_key, subset, tag, today, log) -> dict[str, Any]:
-    image = spec.image(image_name)
-    image_ids: dict[str, str] = {}
-    problems = []
-    for arch, target in targets.items():
-        try:
-            image_ids[arch] = engine.image_id(target.latest_ref)
-        except engine.EngineError as exc:
-            problems.append(f"{target.slug}: {exc}")
-            continue
-        problem = check_record(image_ids[arch], target.slug, spec_revision(spec))
-        if problem is not None:
-            problems.append(f"{target.slug}: image {image_ids[arch][:19]} {problem}")
-    if problems:
-        raise PublishError("nothing pushed:\n  " + "\n  ".join(problems))
+class _Release:
+    """One publish: what it checked before pushing, then pushes, signs and tags."""
 
-    repos = {arch: dest.repository(f"{image_name}_{arch}") for arch in chosen}
-    index_repo = dest.repository(image_name)
-    day = (today or dt.date.today()).strftime("%Y.%m.%d")
-    if tag is None:
-        tag = choose_tag(dest, repos, image_ids, index_repo, day)
-    else:
-        taken = [a for a in repos if engine.remote_config_digest(f"{repos[a]}:{tag}", dest.plain_http) not in (None, image_ids[a])]
-        if taken:
-            raise PublishError(f"--tag {tag}: already names another image of {', '.join(taken)}; a dated tag never moves")
-    log(f"release {image_name}:{tag} to {dest.host}/{dest.namespace} ({', '.join(chosen)})")
+    def __init__(self, spec: Spec, image_name: str, dest: Destination, key: Path, public_key: Path, subset: bool, log):
+        self.spec, self.image_name, self.dest, self.key, self.public_key, self.subset, self.log = (
+            spec, image_name, dest, key, public_key, subset, log)  # fmt: skip
+        self.declared = list(spec.image(image_name).archs)
+        self.index_repo = dest.repository(image_name)
 
-    # Push and sign everything by digest first; tag only once every part of the release is signed,
-    # so that a failure anywhere before leaves no new release tag at all (and a rerun finds the
-    # same tag free and completes it).
-    digests: dict[str, str] = {}
-    sboms: dict[str, dict] = {}
-    for arch in targets:
-        remote = f"{repos[arch]}:{tag}"
-        sboms[arch] = _read_sbom(image_ids[arch])
-        if engine.remote_config_digest(remote, dest.plain_http) == image_ids[arch]:
-            digests[arch] = engine.remote_digest(remote, dest.plain_http)
-            log(f"  {remote}: already pushed ({digests[arch]})")
+    def repo(self, arch: str) -> str:
+        return self.dest.repository(f"{self.image_name}_{arch}")
+
+    def publish(self, targets: dict[str, Target], tag: str | None, index_only: bool, day: dt.date) -> dict[str, Any]:
+        spec, dest, log = self.spec, self.dest, self.log
+        chosen = list(targets)
+        # Every image is built here and passed its tests, by a record that names it; its SBOM is
+        # one the catalog reads.
+        image_ids: dict[str, str] = {}
+        sboms: dict[str, tuple[dict, Sbom]] = {}
+        problems = []
+        for arch, target in targets.items():
+            try:
+                image_ids[arch] = engine.image_id(target.latest_ref)
+            except engine.EngineError as exc:
+                problems.append(f"{target.slug}: {exc}")
+                continue
+            problem = check_record(image_ids[arch], target.slug, spec_revision(spec))
+            if problem is not None:
+                problems.append(f"{target.slug}: image {image_ids[arch][:19]} {problem}")
+                continue
+            try:
+                sboms[arch] = _read_sbom(image_ids[arch])
+            except (PublishError, engine.EngineError) as exc:
+                problems.append(f"{target.slug}: {exc}")
+        if problems:
+            raise PublishError("nothing pushed:\n  " + "\n  ".join(problems))
+
+        repos = {arch: self.repo(arch) for arch in chosen}
+        given_tag = tag is not None and not index_only  # a job of a release that others complete
+        if tag is None:
+            tag = choose_tag(dest, repos, image_ids, self.index_repo, day)
         else:
-            digests[arch] = engine.push_image(image_ids[arch], repos[arch], dest.plain_http)
-            log(f"  {repos[arch]}@{digests[arch]}: pushed, no tag yet")
-        _sign_once(f"{repos[arch]}@{digests[arch]}", key, public_key, sboms[arch], "cyclonedx", log)
+            taken, _ = _tag_problems(dest, repos, image_ids, self.index_repo, tag)
+            if taken:
+                raise PublishError(f"--tag {tag}: {'; '.join(taken)}; {NEVER_MOVES}")
+        log(f"release {self.image_name}:{tag} to {dest.host}/{dest.namespace} ({', '.join(chosen) or 'index only'})")
+        catalog: dict[str, Any] = {
+            "image": self.image_name, "policy": spec.image(self.image_name).policy, "release": tag,
+            "registry": f"{dest.host}/{dest.namespace}", "spec_revision": spec_revision(spec),
+            "arches": {a: _catalog_entry(spec, self.image_name, dest, a, tag, sboms[a][1]) for a in chosen},
+        }  # fmt: skip
+        others = self._index_members(chosen, tag, index_only, given_tag)
+        if others is not None:  # the index's other members verified: their lines of the catalog
+            for arch, (digest, sbom) in others.items():
+                catalog["arches"][arch] = _catalog_entry(spec, self.image_name, dest, arch, tag, sbom) | {"digest": digest}
+            catalog["arches"] = {a: catalog["arches"][a] for a in self.declared if a in catalog["arches"]}
 
-    catalog = _catalog(spec, image_name, tag, dest, targets, digests, sboms)
-    to_tag = [f"{repos[arch]}@{digests[arch]}" for arch in targets]
-    missing = [
-        a for a in image.archs
-        if a not in chosen and engine.remote_config_digest(f"{dest.repository(f'{image_name}_{a}')}:{tag}", dest.plain_http) is None
-    ]  # fmt: skip
-    if missing and not subset:
-        log(f"  no index: {', '.join(missing)} not pushed under {tag} (--subset publishes an index of what is)")
-    else:
-        members = {a: digests.get(a) or engine.remote_digest(f"{dest.repository(f'{image_name}_{a}')}:{tag}", dest.plain_http)
-                   for a in image.archs if a not in missing}  # fmt: skip
-        annotations = {"org.opencontainers.image.title": image_name, "org.opencontainers.image.version": tag}
+        # Push and sign everything by digest; no tag yet.
+        for arch in chosen:
+            remote = f"{repos[arch]}:{tag}"
+            if engine.remote_config_digest(remote, dest.plain_http) == image_ids[arch]:
+                digest = engine.remote_digest(remote, dest.plain_http)
+                log(f"  {remote}: already pushed ({digest})")
+            else:
+                digest = engine.push_image(image_ids[arch], repos[arch], dest.plain_http)
+                log(f"  {repos[arch]}@{digest}: pushed, no tag yet")
+            catalog["arches"][arch]["digest"] = digest
+            _sign_once(f"{repos[arch]}@{digest}", self.key, self.public_key, sboms[arch][0], SBOM_TYPE, log)
+        index_digest = None
+        if others is not None:
+            index_digest = self._make_index(catalog, tag, missing=[a for a in self.declared if a not in catalog["arches"]])
+
+        self._tag(catalog, chosen, repos, image_ids, tag, index_digest)
+        out = RELEASE_DIR / self.image_name / tag
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "catalog.json").write_text(json.dumps(catalog, indent=1) + "\n")
+        log(f"  catalog: {out / 'catalog.json'}")
+        if chosen:
+            try:
+                _write_changelog(dest, self.image_name, chosen, tag, self.public_key, out, log)
+            except (PublishError, engine.EngineError) as exc:
+                # The release is complete and tagged: a changelog that cannot be made is no reason to fail it.
+                log(f"  warning: no changelog written: {exc}")
+        return catalog
+
+    def _index_members(self, chosen: list[str], tag: str, index_only: bool, given_tag: bool) -> dict[str, tuple[str, Sbom]] | None:
+        """The index's members that this run does not push (digest, verified SBOM), or None when
+        this run makes no index. Decided, and every such member verified, before anything is pushed."""
+        others = [a for a in self.declared if a not in chosen]
+        if given_tag and others and not self.subset:
+            self.log(f"  index: made by `invoke publish --tag {tag} --index-only` once every arch is pushed under {tag}")
+            return None
+        present = {a: d for a in others if (d := _tagged(self.repo(a), tag, self.dest.plain_http)) is not None}
+        missing = [a for a in others if a not in present]
+        if missing and not self.subset:
+            if index_only:
+                raise PublishError(
+                    f"--index-only --tag {tag}: {', '.join(missing)} of {self.image_name} not pushed under {tag}; "
+                    "the index needs every declared arch (--subset makes one of those that are)"
+                )
+            self.log(f"  no index: {', '.join(missing)} not pushed under {tag} (--subset publishes an index of what is)")
+            return None
+        if not chosen and not present:
+            raise PublishError(f"--index-only --tag {tag}: no arch of {self.image_name} is pushed under {tag}")
+        verified: dict[str, tuple[str, Sbom]] = {}
+        problems: list[str] = []
+        for arch, digest in present.items():
+            try:
+                verified[arch] = (digest, _verified_member(self.repo(arch), digest, self.public_key))
+            except (PublishError, engine.EngineError) as exc:
+                problems.append(f"{arch}: {exc}")
+        if problems:
+            raise PublishError(
+                f"the index {self.index_repo}:{tag} takes only members signed by this key with their SBOM attested; "
+                "nothing pushed:\n  " + "\n  ".join(problems)
+            )
+        return verified
+
+    def _make_index(self, catalog: dict[str, Any], tag: str, missing: list[str]) -> str:
+        dest = self.dest
+        members = catalog["arches"]
+        annotations = {"org.opencontainers.image.title": self.image_name, "org.opencontainers.image.version": tag}
         if missing:
             annotations["io.manyforge.subset"] = ",".join(sorted(members))
-        refs = [f"{dest.repository(f'{image_name}_{a}')}@{d}" for a, d in members.items()]
-        index_digest = engine.create_index(index_repo, refs, annotations, dest.plain_http)
-        catalog["index"] = {"digest": index_digest, "tags": [tag, "latest"], "arches": sorted(members), "subset": bool(missing)}
-        log(f"  {index_repo}@{index_digest}: the index of {', '.join(sorted(members))}")
-        _sign_once(f"{index_repo}@{index_digest}", key, public_key, catalog, CATALOG_TYPE, log)
-        to_tag.append(f"{index_repo}@{index_digest}")
-    # The tag was free when chosen; a publish elsewhere may have taken it while this one pushed.
-    taken = [a for a in targets if engine.remote_config_digest(f"{repos[a]}:{tag}", dest.plain_http) not in (None, image_ids[a])]
-    if taken:
-        raise PublishError(f"{tag} was given to another image of {', '.join(taken)} meanwhile; nothing tagged (run again for the next tag)")
-    for pinned in to_tag:  # only now: every tag names a signed manifest
-        for name in (tag, "latest"):
-            engine.tag(pinned, name, dest.plain_http)
-        log(f"  {pinned.partition('@')[0]}:{tag}, latest -> {pinned.partition('@')[2]}")
-    out = RELEASE_DIR / image_name / tag
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "catalog.json").write_text(json.dumps(catalog, indent=1) + "\n")
-    log(f"  catalog: {out / 'catalog.json'}")
-    if chosen:
-        _write_changelog(dest, image_name, chosen, tag, public_key, out, log)
-    return catalog
+        refs = [f"{self.repo(a)}@{entry['digest']}" for a, entry in members.items()]
+        index_digest = engine.create_index(self.index_repo, refs, annotations, dest.plain_http)
+        catalog["index"] = {"digest": index_digest, "tags": [tag], "arches": sorted(members), "subset": bool(missing)}
+        self.log(f"  {self.index_repo}@{index_digest}: the index of {', '.join(sorted(members))}")
+        _sign_once(f"{self.index_repo}@{index_digest}", self.key, self.public_key, catalog, CATALOG_TYPE, self.log)
+        return index_digest
+
+    def _tag(self, catalog, chosen, repos, image_ids, tag: str, index_digest: str | None) -> None:
+        """Every part is signed: the dated tags, the arches' first and the index's last, then `latest`."""
+        dest, log = self.dest, self.log
+        # The tag was free when chosen; a publish elsewhere may have taken it while this one pushed.
+        taken, _ = _tag_problems(dest, repos, image_ids, self.index_repo, tag)
+        pins = {repos[a]: catalog["arches"][a]["digest"] for a in chosen}
+        if index_digest is not None:
+            pins[self.index_repo] = index_digest
+        for repo, digest in pins.items():  # exactly these manifests (the same image may have others)
+            current = _tagged(repo, tag, dest.plain_http)
+            if current not in (None, digest):
+                what = "the index" if repo == self.index_repo else "the manifest"
+                taken.append(f"{repo}:{tag} names {what} {current}, not this release's {digest}")
+        if taken:
+            raise PublishError(f"{tag}: {'; '.join(taken)}; nothing tagged: {NEVER_MOVES}")
+        for repo, digest in pins.items():  # the index's dated tag last of them: it completes the release
+            engine.tag(f"{repo}@{digest}", tag, dest.plain_http)
+            log(f"  {repo}:{tag} -> {digest}")
+        for repo, digest in pins.items():
+            newer = _newer_release(repo, tag, dest.plain_http)
+            if newer is None:
+                engine.tag(f"{repo}@{digest}", "latest", dest.plain_http)
+                log(f"  {repo}:latest -> {digest}")
+            else:
+                log(f"  {repo}:latest stays: {newer} is a newer release than {tag}")
+
+
+def _newer_release(repo: str, tag: str, plain_http: bool) -> str | None:
+    """The newest dated release tag of a repository if it is newer than `tag` (else None)."""
+    ours = release_key(tag)
+    assert ours is not None
+    dated = [(k, t) for t in engine.registry_tags(repo, plain_http) if (k := release_key(t)) is not None]
+    newest = max(dated, default=None)
+    return newest[1] if newest is not None and newest[0] > ours else None
 
 
 def previous_release(tags: list[str], tag: str) -> str | None:
     """The newest dated release tag older than `tag`."""
-
-    def key(t: str) -> tuple[str, int]:
-        m = RELEASE_TAG.fullmatch(t)
-        assert m is not None
-        return m.group("day"), int(m.group("n"))
-
     check_release_tag(tag)
-    older = [t for t in tags if RELEASE_TAG.fullmatch(t) and key(t) < key(tag)]
-    return max(older, key=key, default=None)
+    ours = release_key(tag)
+    assert ours is not None
+    older = [(k, t) for t in tags if (k := release_key(t)) is not None and k < ours]
+    return max(older)[1] if older else None
 
 
 def _write_changelog(dest: Destination, image_name: str, arches: list[str], tag: str, public_key: Path, out: Path, log) -> None:
@@ -458,52 +724,35 @@ def _write_changelog(dest: Destination, image_name: str, arches: list[str], tag:
     log(f"  changelog against {previous}: {out / 'changelog.md'}")
 
 
-def _catalog(spec, image_name, tag, dest, targets: dict[str, Target], digests, sboms) -> dict[str, Any]:
-    image = spec.image(image_name)
-    arches = {}
-    for arch in targets:
-        components = sboms[arch].get("components", [])
-        props = lambda c: {p["name"]: p["value"] for p in c.get("properties", [])}  # noqa: E731
-        arches[arch] = {
-            "repository": dest.repository(f"{image_name}_{arch}"),
-            "digest": digests[arch],
-            "tags": [tag, "latest"],
-            "libc": {"name": image.libc.name, "version": image.libc.version},
-            "gcc": next((c["version"] for c in components if c.get("bom-ref") == "toolchain"), None),
-            "interpreters": {props(c)["manyforge:interpreter"]: c["version"] for c in components if c["name"] == "cpython"},
-            "tools": {c["name"]: c["version"] for c in components if props(c).get("manyforge:installed-in") == "tools"},
-        }
-    return {"image": image_name, "policy": image.policy, "release": tag, "registry": f"{dest.host}/{dest.namespace}",
-            "spec_revision": spec_revision(spec), "arches": arches}  # fmt: skip
-
-
 # --- changelog -------------------------------------------------------------------------------------------
 
 
-def _facts(sbom: dict) -> dict[str, dict[str, str]]:
+def _facts(sbom: dict | Sbom, where: str = "SBOM") -> dict[str, dict[str, str]]:
     """The parts of an SBOM a changelog compares: name -> version per section."""
+    model = sbom if isinstance(sbom, Sbom) else parse_sbom(sbom, where)
     out: dict[str, dict[str, str]] = {"interpreters": {}, "tools": {}, "frontend": {}, "toolchain": {}, "packages": {}, "base": {}}
-    for c in sbom.get("components", []):
-        props = {p["name"]: p["value"] for p in c.get("properties", [])}
-        where = props.get("manyforge:installed-in")
-        if c["name"] == "cpython":
-            out["interpreters"][props.get("manyforge:interpreter", c["name"])] = c["version"]
-        elif where == "tools":
-            out["tools"][c["name"]] = c["version"]
-        elif where:
-            out["frontend"][f"{where}: {c['name']}"] = c["version"]
-        elif c.get("bom-ref") == "toolchain":
-            out["toolchain"][props.get("manyforge:toolchain", "gcc")] = c["version"]
-        elif c.get("type") == "operating-system":
-            out["base"] = {k.removeprefix("manyforge:"): v for k, v in props.items()} | {c["name"]: c.get("version", "")}
+    for c in model.components:
+        props = c.props
+        where_installed = props.get("manyforge:installed-in")
+        version = c.version if c.version is not None else ""
+        if c.name == "cpython":
+            out["interpreters"][props["manyforge:interpreter"]] = version
+        elif where_installed == "tools":
+            out["tools"][c.name] = version
+        elif where_installed:
+            out["frontend"][f"{where_installed}: {c.name}"] = version
+        elif c.bom_ref == "toolchain":
+            out["toolchain"][props.get("manyforge:toolchain", "gcc")] = version
+        elif c.type == "operating-system":
+            out["base"] = {k.removeprefix("manyforge:"): v for k, v in props.items()} | {c.name: version}
         else:
-            out["packages"][c["name"]] = c.get("version", "")
+            out["packages"][c.name] = version
     return out
 
 
-def diff_sboms(old: dict, new: dict) -> dict[str, dict[str, list]]:
+def diff_sboms(old: dict | Sbom, new: dict | Sbom) -> dict[str, dict[str, list]]:
     """Per section: added [name, version], removed [name, version], updated [name, old, new]."""
-    a, b = _facts(old), _facts(new)
+    a, b = _facts(old, "the older SBOM"), _facts(new, "the newer SBOM")
     out = {}
     for section in a:
         before, after = a[section], b[section]
@@ -531,7 +780,8 @@ def _changelog(dest: Destination, image_name: str, arches: list[str], old: str, 
     per_arch = {}
     for arch in arches:
         repo = dest.repository(f"{image_name}_{arch}")
-        sboms = [engine.verified_sbom(f"{repo}:{tag}", public_key) for tag in (old, new)]
+        refs = [f"{repo}:{tag}" for tag in (old, new)]
+        sboms = [parse_sbom(engine.verified_sbom(ref, public_key), f"the SBOM attested on {ref}") for ref in refs]
         per_arch[arch] = diff_sboms(*sboms)
     return {"image": image_name, "from": old, "to": new, "arches": per_arch}
 

@@ -105,6 +105,9 @@ def tiny(tmp_path_factory):
     data["org"] = "manyforge-hostile"
     data["images"] = {name: {**data["images"]["manylinux_2_36"], "archs": ["x86_64"]}}
     data["images"][name].pop("downloadable", None)
+    # Only the image's own toolchains: the matrix refuses settings that no image of it uses.
+    used = {data["images"][name]["toolchain"], *data["images"][name].get("toolchain_variants", [])}
+    data["toolchains"] = {k: v for k, v in data["toolchains"].items() if k in used}
     spec_path = work / "images.yaml"
     spec_path.write_text(yaml.safe_dump(data, sort_keys=False))
     spec = load_spec(spec_path)
@@ -266,6 +269,12 @@ BAD_REGISTRIES = [
     "host-/ns",
     "127.0.0.1:5000",
     "",
+    "127.0.0.1:00000/ns",
+    "127.0.0.1:5000/ns-",
+    "127.0.0.1:5000/a/_b",
+    "127.0.0.1:5000/a.-b",
+    "host/ns",  # one label without a port: Docker reads it as a namespace on Docker Hub, not as a host
+    "user:tok3n-f00d@127.0.0.1:5000/ns",  # userinfo: refused, and never echoed
 ]
 
 
@@ -281,28 +290,41 @@ def test_a_bad_registry_is_refused_by_release_tag_publish_and_changelog(tiny, ke
         cases[f"publish {value!r}"] = (["publish", "--registry", value, "--image", tiny.image, "--key", str(keys[0])], spec_env(tiny))
         cases[f"changelog {value!r}"] = (["changelog", "--registry", value, "--image", tiny.image, "--from-tag", "2026.01.01-1",
                                           "--to-tag", "2026.01.02-1", "--public-key", str(keys[1])], spec_env(tiny))  # fmt: skip
-    messages = all_refused(invoke_all(cases), "error: --registry ")
+    token = "tok" + uuid.uuid4().hex  # not in the environment: scrubbing would not hide it
+    cases["publish userinfo"] = (["publish", "--registry", f"user:{token}@127.0.0.1:5000/ns", "--image", tiny.image,
+                                  "--key", str(keys[0])], spec_env(tiny))  # fmt: skip
+    procs = invoke_all(cases)
+    messages = all_refused(procs, "error: --registry ")
     assert all(len(m.strip().splitlines()) == 1 for m in messages.values()), messages
+    assert token not in procs["publish userinfo"].stdout + procs["publish userinfo"].stderr
     # `=` form too: the value cannot be taken for an option of invoke's either.
     refused(invoke("release-tag", "--registry=-h/ns", "--image", "manylinux_2_36"), "error: --registry '-h/ns'")
 
 
 def test_the_registry_grammar_takes_what_registries_are():
-    for value in ["127.0.0.1:5000/ns", "localhost:1/a/b", "ghcr.io/org", "registry.example.com:65535/org/sub-ns", "a-b.c/x_y.z"]:
-        publish.Destination.parse(value)
+    """One grammar for hosts and repository components, Docker's (manyforge.quoting's)."""
+    good = ["127.0.0.1:5000/ns", "localhost:1/a/b", "ghcr.io/org", "registry.example.com:65535/org/sub-ns", "a-b.c/x_y.z",
+            "127.0.0.1:5000/a--b", "localhost/a__b/c---d", "host:5000/ns"]  # fmt: skip
+    for value in good:
+        dest = publish.Destination.parse(value)
+        assert engine.REMOTE_REF.fullmatch(dest.repository("image_x86_64") + ":2026.01.01-1"), value
+    assert publish.Destination.parse("Registry.Example.com:443/ns") == publish.Destination("registry.example.com:443", "ns")
     for value in BAD_REGISTRIES:
-        with pytest.raises(publish.PublishError, match="^--registry "):
+        with pytest.raises(publish.PublishError, match="^--registry ") as refusal:
             publish.Destination.parse(value)
+        assert "tok3n" not in str(refusal.value)
 
 
-BAD_TAGS = ["2026.11.30-1\n", "\u0662\u0660\u0662\u0666.11.30-1", "--help", "2026.11.30-1 --x", "2026.1.30-1", "latest", "2026.11.30-"]
+BAD_TAGS = ["2026.11.30-1\n", "\u0662\u0660\u0662\u0666.11.30-1", "--help", "2026.11.30-1 --x", "2026.1.30-1", "latest", "2026.11.30-",
+            # the right shape, but no date or no canonical N (`-01` would sort apart from `-1`)
+            "2026.13.45-1", "2026.02.30-1", "0000.01.01-1", "2026.01.01-0", "2026.01.01-01", "2026.01.01-1000000000"]  # fmt: skip
 
 
 def test_a_bad_release_tag_is_refused(registry, tiny, keys):
     cases: dict[str, tuple[list[str], dict[str, str]]] = {}
-    for value in BAD_TAGS[:4]:  # the command line for a few; the parser for all below
+    for value in ["2026.11.30-1\n", "--help", "2026.13.45-1", "2026.01.01-01"]:  # the command line for a few; the parser for all below
         cases[f"--tag {value!r}"] = (publish_args(registry, "tags", tiny, keys[0], "--tag", value), spec_env(tiny))
-    for value in BAD_TAGS[:2]:
+    for value in ["\u0662\u0660\u0662\u0666.11.30-1", "2026.02.30-1"]:
         for option, other in (("--from-tag", "--to-tag"), ("--to-tag", "--from-tag")):
             cases[f"{option} {value!r}"] = (["changelog", "--registry", f"{registry}/tags", "--image", tiny.image, option, value,
                                             other, "2026.01.01-1", "--public-key", str(keys[1])], spec_env(tiny))  # fmt: skip
@@ -373,7 +395,7 @@ def test_a_stalling_registry_ends_release_tag_publish_and_changelog(tiny, keys, 
         commands = {
             "release-tag": (["release-tag", "--registry", f"{stalled}/ns", "--image", tiny.image], "listing the tags of"),
             "publish": (publish_args(stalled, "ns", tiny, keys[0]), "listing the tags of"),
-            "publish --tag": (publish_args(stalled, "ns", tiny, keys[0], "--tag", "2026.01.01-1"), "reading the manifest of"),
+            "publish --tag": (publish_args(stalled, "ns", tiny, keys[0], "--tag", "2026.01.01-1"), "listing the tags of"),
             "changelog": (["changelog", "--registry", f"{stalled}/ns", "--image", tiny.image, "--from-tag", "2026.01.01-1",
                            "--to-tag", "2026.01.02-1", "--public-key", str(keys[1])], "verifying the cyclonedx attestation of"),
         }  # fmt: skip
