@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -50,10 +51,18 @@ def _os_error(exc: OSError) -> str:
     return _problems([f"{' -> '.join(shown(n) for n in names)}: {reason}" if names else reason])
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def _guard(fn):
     """Turn the project's own errors into a clean message and exit status."""
 
     def wrapper(c, *args, **kwargs):
+        # SIGTERM (a CI job cancelled, `kill`) unwinds like Ctrl-C: every clean-up (partial files,
+        # a push's work directory, a tool's process group) runs before the task exits.
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminated)
         try:
             for name, value in kwargs.items():
                 # `--output ''` is a mistake (a variable that expanded to nothing), never "the default".

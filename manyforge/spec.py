@@ -762,8 +762,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def load_lock(lock_path: Path, required: bool = False) -> LockFile | None:
     """The wheel lock; None when there is none yet (before the first `invoke lock`), unless
     `required`."""
-    if not required and not lock_path.exists():
-        return None
+    try:
+        if not required and not lock_path.exists():
+            return None
+    except OSError as exc:  # a name too long, a directory that cannot be searched
+        raise SpecError([f"{lock_path}: cannot read ({exc.strerror})"]) from None
     text = read_input(lock_path)
     try:
         raw = json.loads(text, object_pairs_hook=_unique_keys)

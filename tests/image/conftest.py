@@ -252,9 +252,12 @@ def _collected(session, target: Target) -> int:
 
 def _whole_suite(session) -> bool:
     """Whether the session selected every image test: all of this folder's test modules (the
-    publishing one aside), no -k, -m, --deselect or --last-failed."""
+    publishing one aside), no -k, -m, --deselect or --last-failed, no single tests named by node
+    ID, and nothing deselected by anyone but us (--stepwise, another plugin)."""
     option = session.config.option
     if option.keyword or option.markexpr or option.deselect or getattr(option, "lf", False):
+        return False
+    if any("::" in str(arg) for arg in session.config.args) or session.config.stash.get(_FOREIGN_DESELECT, False):
         return False
     wanted = {p.name for p in HERE.glob("test_*.py")} - {"test_publish.py"}
     return wanted <= session.config.stash.get(_MODULES, set())
@@ -281,9 +284,19 @@ def pytest_sessionfinish(session, exitstatus):
     for entry in _RESULTS.values():
         ref = entry["ref"]
         try:
-            publish.write_test_record(_record(session, ref, entry))
-        except engine.EngineError:
-            continue
+            record = _record(session, ref, entry)
+            if not record.complete and record.failed == 0 and _passing_record(record.image_id):
+                continue  # a partial run that failed nothing keeps the image's complete, passing record
+            publish.write_test_record(record)
+        except (engine.EngineError, publish.PublishError, ValueError, OSError) as exc:
+            sys.stderr.write(f"\nno test record for {entry['target'].slug}: {engine.scrub(str(exc))[:300]}\n")
+
+
+def _passing_record(image_id: str) -> bool:
+    try:
+        return publish.read_test_record(image_id).ok
+    except publish.PublishError:
+        return False
 
 
 @pytest.fixture
@@ -307,6 +320,18 @@ def recorded_image(request, built_image: BuiltImage) -> BuiltImage:
 # predicate reads only the target: its arch, image, interpreters and locked wheels.
 Applies = Callable[[Target], bool]
 _MODULES = pytest.StashKey[set[str]]()  # this folder's test modules the session collected
+_OWN_DESELECT = pytest.StashKey[set[str]]()  # node IDs this file deselected as not applying
+_FOREIGN_DESELECT = pytest.StashKey[bool]()  # an image test was deselected by something else
+
+
+def pytest_deselected(items):
+    """Anything deselecting an image test but our own not-applicable rule (--stepwise drops
+    every test before the last failure, a plugin may drop more) makes the session's records
+    incomplete: a record counts only what was selected."""
+    for item in items:
+        config = item.config
+        if _item_target(item) is not None and item.nodeid not in config.stash.get(_OWN_DESELECT, set()):
+            config.stash[_FOREIGN_DESELECT] = True
 
 
 def _locked(target: Target, *names: str) -> bool:
@@ -359,6 +384,7 @@ def _deselect_what_does_not_apply(config, items: list) -> None:
         target, applies = _item_target(item), _applies(item)
         (deselected if target is not None and applies is not None and not applies(target) else kept).append(item)
     if deselected:
+        config.stash[_OWN_DESELECT] = {item.nodeid for item in deselected}
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
 
