@@ -348,8 +348,10 @@ def benchmark(c, image=None, arch=None, python=None, spec=None):
         "arch": "comma-separated architectures (default: all the image declares)",
         "key": "cosign private key (default: $MANYFORGE_COSIGN_KEY); its password in $COSIGN_PASSWORD",
         "subset": "also create the multi-arch index when only some declared arches are pushed (said in its annotations)",
-        "tag": "publish under this release tag (YYYY.MM.DD-N, from `invoke release-tag`) instead of the next free one",
-        "index_only": "push no image; make the index of the arches already pushed under --tag",
+        "tag": "publish under this release tag (YYYY.MM.DD-N, from `invoke release-tag`) instead of the next free one; "
+        "a run with --tag makes the index only when it pushes every arch (or with --subset)",
+        "index_only": "push no image; make the index of the arches already pushed under --tag, each verified as signed "
+        "and attested with this key; fails when a declared arch is missing (unless --subset)",
         "spec": SPEC_HELP,
     }
 )

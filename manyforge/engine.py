@@ -1057,16 +1057,6 @@ def cosign_attest(ref: str, key: Path, predicate: Path, predicate_type: str, *, 
     _tool(_cosign_argv("attest", options, _pinned(ref), plain_http), f"attesting {ref}", tool_timeout(SIGN_TIMEOUT), env=_cosign_env())
 
 
-def cosign_public_key(key: Path, dest: Path) -> Path:
-    """The public half of a cosign key pair, written to `dest`."""
-    public = cosign_check_key(key)
-    try:
-        dest.write_text(public)
-    except OSError as exc:
-        raise EngineError(f"writing the public key to {dest}: {_one_line(exc)}") from None
-    return dest
-
-
 def cosign_verify(ref: str, public_key: Path, *, plain_http: bool | None = None) -> list[dict]:
     out = _tool(_cosign_argv("verify", [f"--key={public_key.resolve()}", "--insecure-ignore-tlog"], _check_ref(ref), plain_http),
                 f"verifying the signature of {ref}", tool_timeout(SIGN_TIMEOUT))  # fmt: skip

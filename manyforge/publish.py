@@ -42,7 +42,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from manyforge import engine
-from manyforge.quoting import _REF_COMPONENT, REGISTRY_HOST
+from manyforge.quoting import REF_COMPONENT, REGISTRY_HOST
 from manyforge.render import Target, resolve_target
 from manyforge.spec import REPO_ROOT, Spec
 
@@ -56,7 +56,7 @@ CATALOG_TYPE = "https://manyforge.dev/attestations/catalog/v1"
 # HOST[:PORT]/NAMESPACE in the grammar of Docker image references (manyforge.quoting's, ASCII): a
 # host is told by a `.` or a port, or is localhost, and starts and ends with a letter or digit, so
 # nothing reaches a tool as an option; the port is checked to be 1..65535. No user name, no password.
-REGISTRY = re.compile(rf"(?P<host>{REGISTRY_HOST})/(?P<namespace>{_REF_COMPONENT}(?:/{_REF_COMPONENT})*)")
+REGISTRY = re.compile(rf"(?P<host>{REGISTRY_HOST})/(?P<namespace>{REF_COMPONENT}(?:/{REF_COMPONENT})*)")
 # The shape of a release tag; `release_key` also checks that its day is a date and N canonical.
 RELEASE_TAG = re.compile(r"(?P<day>[0-9]{4}\.[0-9]{2}\.[0-9]{2})-(?P<n>[1-9][0-9]{0,8})")
 NEVER_MOVES = "a dated tag never moves; publish a new release"

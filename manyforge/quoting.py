@@ -42,13 +42,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A token every Dockerfile context takes as it is: no space, quote, `$`, `,`, `=`, glob or backslash.
 _WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:@/-]*")
 # A Docker image reference: [host[:port]/]name[/name...][:tag][@sha256:digest]
-_REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"  # a path component of an image name
 # A registry host is told from a first path component by a `.` or a port, or is localhost.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 REGISTRY_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})+(?::[0-9]{{1,5}})?|{_LABEL}:[0-9]{{1,5}}|localhost)"
 _REF_HOST = rf"(?:{REGISTRY_HOST}/)?"
 IMAGE_REF = re.compile(
-    rf"{_REF_HOST}{_REF_COMPONENT}(?:/{_REF_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?"
+    rf"{_REF_HOST}{REF_COMPONENT}(?:/{REF_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?"
 )
 _STAGE = re.compile(r"[a-z_][a-z0-9_.-]*")
 # A path in a COPY line or a --mount field: absolute or relative, no `.`/`..`/dot components.

@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from manyforge.arches import ARCHES, Arch
-from manyforge.quoting import REGISTRY_HOST
+from manyforge.quoting import REF_COMPONENT, REGISTRY_HOST
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO_ROOT / "images.yaml"
@@ -181,7 +181,7 @@ def _not_native(value: str) -> str:
     return value
 
 
-_REF = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"  # a path component of a Docker image name
+_REF = REF_COMPONENT
 
 
 PinnedRef = Annotated[
