@@ -84,6 +84,7 @@ PROBE_TIMEOUT = 60.0  # seconds an interpreter gets to answer the probe
 DEFAULT_MAX_BYTES = 512 << 20  # the largest interpreter archives (GraalPy) are ~350 MiB
 DEFAULT_MAX_MEMBERS = 200_000  # PyPy and GraalPy hold tens of thousands
 DEFAULT_MAX_UNPACKED = 2 << 30  # GraalPy unpacks to ~1 GiB
+MAX_DEPTH = 64  # directories a member may lie under
 MAX_CATALOG_BYTES = 1 << 20  # the real catalog is a few KiB
 MAX_PROBE_OUTPUT = 64 << 10
 MAX_MESSAGE = 2000
@@ -263,13 +264,23 @@ def _url_problem(url: object) -> str | None:
     return None
 
 
+def _unique_keys(pairs: list) -> dict:
+    """json's object hook refusing a key given twice (json keeps the last one silently)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key[:60]!r} given twice")
+        out[key] = value
+    return out
+
+
 def load_catalog() -> dict:
     """The downloadable interpreters of this image for its architecture, checked."""
     raw = _read_small_file(CATALOG, MAX_CATALOG_BYTES)
     if raw is None:
         return {"downloadable": {}, "frontend_python": None}
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
     except RecursionError:
         raise Failure(f"{CATALOG}: nested too deeply") from None
     except ValueError as exc:
@@ -523,7 +534,8 @@ def checked_members(tar: tarfile.TarFile, shown: str, limits: Limits) -> list[ta
     land outside the unpacked tree or make more than plain files, directories and links there."""
 
     def refuse(original: str, why: str) -> Failure:
-        return Failure(f"{shown}: member {original!r} {why}; nothing installed")
+        name = original if len(original) <= 200 else f"{original[:200]}...({len(original)} chars)"
+        return Failure(f"{shown}: member {name!r} {why}; nothing installed")
 
     top = None
     kinds: dict[str, str] = {}  # path below the top directory -> "dir", "file" or "link"
@@ -540,6 +552,8 @@ def checked_members(tar: tarfile.TarFile, shown: str, limits: Limits) -> list[ta
         parts = [p for p in original.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise refuse(original, "climbs out with '..'")
+        if len(parts) > MAX_DEPTH:  # interpreters nest a dozen deep; thousands would exhaust recursion
+            raise refuse(original, f"is nested more than {MAX_DEPTH} directories deep")
         if not parts:
             if member.isdir():
                 continue
@@ -761,6 +775,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as exc:  # the last guard: one line, not a traceback
         print(f"manylinux-interpreters: error: {one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except RecursionError:  # e.g. an archive member thousands of directories deep
+        print("manylinux-interpreters: error: the input is nested too deeply", file=sys.stderr)
         return 1
 
 

@@ -313,6 +313,14 @@ ARCHIVES = {
 }
 
 
+def test_a_member_thousands_of_directories_deep_is_refused(opt, server):
+    """Not a RecursionError: the depth is bounded before anything walks the path."""
+    url = serve(server, opt, tar_bytes(interpreter(FAKE_PYTHON, member(f"{TOP}/" + "d/" * 2000 + "x.py", b"x"))))
+    before = state(opt)
+    assert_refused(run(opt, "ensure", TAG), url, "nested more than 64 directories deep")
+    assert state(opt) == before
+
+
 @pytest.mark.parametrize("members, name", ARCHIVES.values(), ids=ARCHIVES.keys())
 def test_members_that_leave_the_tree_or_are_not_plain_are_refused(opt, server, old_tarfile, members, name):
     url = serve(server, opt, tar_bytes(members))
@@ -523,6 +531,7 @@ CATALOG_FILES = {
     "nested-too-deep": (lambda p: (p / "deep.json").write_text("[" * 300_000) and p / "deep.json", "nested too deeply"),
     "not-json": (lambda p: (p / "bad.json").write_text("{'downloadable': {}}") and p / "bad.json", "cannot read the catalog"),
     "not-utf8": (lambda p: (p / "latin1.json").write_bytes(b'{"downloadable": {"\xe9": 1}}') and p / "latin1.json", "cannot read the catalog"),
+    "tag-twice": (lambda p: (p / "twice.json").write_text('{"downloadable": {"TAG": {}, "TAG": {}}}'.replace("TAG", TAG)) and p / "twice.json", "given twice"),
 }
 
 
