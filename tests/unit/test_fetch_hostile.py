@@ -615,7 +615,7 @@ tools: {{}}
 bases:
   debian12: {{family: apt, debootstrap: bookworm, archs: [x86_64]}}
 toolchains:
-  debian-gcc-12: {{gcc: "12", packages: [gcc]}}
+  debian-gcc-12: {{family: apt, gcc: "12", packages: [gcc]}}
 images:
   manylinux_2_36:
     policy: manylinux_2_36
