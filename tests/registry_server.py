@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -45,3 +46,10 @@ def running_registry(work: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def cosign_key_pair(work: Path, password: str) -> tuple[Path, Path]:
+    """A new cosign key pair in `work` (private key encrypted with `password`): (cosign.key, cosign.pub)."""
+    subprocess.run(["cosign", "generate-key-pair"], cwd=work, env={**os.environ, "COSIGN_PASSWORD": password},
+                   check=True, capture_output=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    return work / "cosign.key", work / "cosign.pub"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from registry_server import running_registry
+from registry_server import cosign_key_pair, running_registry
 
 from manyforge import engine, publish
 from manyforge.render import resolve_target
@@ -83,10 +83,7 @@ def registry(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory) -> tuple[Path, Path]:
-    work = tmp_path_factory.mktemp("keys")
-    subprocess.run(["cosign", "generate-key-pair"], cwd=work, env=dict(os.environ, COSIGN_PASSWORD=PASSWORD),
-                   check=True, capture_output=True, stdin=subprocess.DEVNULL)  # fmt: skip
-    return work / "cosign.key", work / "cosign.pub"
+    return cosign_key_pair(tmp_path_factory.mktemp("keys"), PASSWORD)
 
 
 @dataclass(frozen=True)
