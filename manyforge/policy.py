@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
 
 from manyforge.arches import Arch
-from manyforge.spec import REPO_ROOT, Spec, SpecError, read_input
+from manyforge.spec import REPO_ROOT, BadJSON, Spec, SpecError, read_input, strict_json
 
 POLICY_DIR = REPO_ROOT / "policies"
 FAMILY_FILES = {"manylinux": "manylinux-policy.json", "musllinux": "musllinux-policy.json"}
@@ -91,31 +91,14 @@ def version_key(version: str) -> tuple[int, list[int], str]:
 # --- reading input files: every check happens here, once ------------------------------------
 
 
-class _BadJSON(ValueError):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _BadJSON(f"duplicate key {_quote(key)} in an object")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise _BadJSON(f"{name} is not a JSON number")
-
-
 def _parse_json(text: str, filename: str) -> Any:
     if not text.strip():
         raise PolicyError([f"{filename}: the file is empty; expected JSON"])
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+        return strict_json(text)
     except json.JSONDecodeError as exc:
         raise PolicyError([f"{filename}: line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg})"]) from None
-    except _BadJSON as exc:
+    except BadJSON as exc:
         raise PolicyError([f"{filename}: not valid JSON ({exc})"]) from None
     except RecursionError:
         raise PolicyError([f"{filename}: not usable JSON (nested too deeply)"]) from None

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from manyforge import engine
 from manyforge.quoting import REF_COMPONENT, REGISTRY_HOST
 from manyforge.render import Target, resolve_target
-from manyforge.spec import REPO_ROOT, Spec
+from manyforge.spec import REPO_ROOT, Spec, strict_json
 
 BUILD_DIR = REPO_ROOT / "build"
 RECORD_DIR = BUILD_DIR / "test-records"
@@ -151,19 +151,6 @@ def write_test_record(record: TestRecord) -> Path:
     return path
 
 
-def _strict_json(text: str) -> Any:
-    def no_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        if len(set(keys)) != len(keys):
-            raise ValueError("a key appears twice")
-        return dict(pairs)
-
-    return json.loads(text, parse_constant=no_constant, object_pairs_hook=no_duplicates)
-
-
 def read_test_record(image_id: str) -> TestRecord:
     """The record of an image, read as untrusted input: a regular file (never a link to another
     image's record, never a pipe or a device), small, ASCII JSON of exactly the record's fields
@@ -197,7 +184,7 @@ def read_test_record(image_id: str) -> TestRecord:
     if len(data) > RECORD_MAX_BYTES:
         raise RecordError(f"its test record {path} grew past {RECORD_MAX_BYTES} bytes")
     try:
-        raw = _strict_json(data.decode("ascii"))
+        raw = strict_json(data.decode("ascii"))
     except UnicodeDecodeError:
         raise RecordError(f"its test record {path} is not ASCII") from None
     except (ValueError, RecursionError) as exc:
@@ -433,7 +420,7 @@ def _read_sbom(image_id: str) -> tuple[dict, Sbom]:
     where = f"image {image_id[:19]}: {SBOM_PATH}"
     data = engine.read_image_file(image_id, SBOM_PATH, SBOM_MAX_BYTES)
     try:
-        document = _strict_json(data.decode("utf-8"))
+        document = strict_json(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise PublishError(f"{where} is not UTF-8") from None
     except (ValueError, RecursionError) as exc:

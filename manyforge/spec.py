@@ -749,14 +749,28 @@ def read_input(path: Path, limit: int = MAX_INPUT_BYTES) -> str:
         raise SpecError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json's object hook that refuses a key given twice (json keeps the last one silently)."""
+class BadJSON(ValueError):
+    """JSON that json.loads would take but no input of ours may hold."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(f"duplicate key {_short(key)}")
+        if key in out:  # json.loads would keep the last one silently
+            raise BadJSON(f"duplicate key {_short(key)} in an object")
         out[key] = value
     return out
+
+
+def _no_constant(name: str) -> Any:
+    raise BadJSON(f"{name} is not a JSON number")
+
+
+def strict_json(text: str) -> Any:
+    """json.loads for untrusted input files (the lock, policies, test records, SBOMs): no key
+    twice, no NaN or Infinity. Raises ValueError (BadJSON, json.JSONDecodeError, or int()'s digit
+    limit) and RecursionError; callers turn them into their own message."""
+    return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
 
 
 def load_lock(lock_path: Path, required: bool = False) -> LockFile | None:
@@ -769,10 +783,10 @@ def load_lock(lock_path: Path, required: bool = False) -> LockFile | None:
         raise SpecError([f"{lock_path}: cannot read ({exc.strerror})"]) from None
     text = read_input(lock_path)
     try:
-        raw = json.loads(text, object_pairs_hook=_unique_keys)
+        raw = strict_json(text)
     except json.JSONDecodeError as exc:
         raise SpecError([f"{lock_path.name}: line {exc.lineno}: not valid JSON ({exc.msg}); regenerate it with `invoke lock`"]) from None
-    except _DuplicateKey as exc:
+    except BadJSON as exc:
         raise SpecError([f"{lock_path.name}: {exc}; regenerate it with `invoke lock`"]) from None
     except RecursionError:
         raise SpecError([f"{lock_path.name}: nested too deeply; regenerate it with `invoke lock`"]) from None
