@@ -19,6 +19,7 @@ import docker.errors
 import requests.exceptions
 from invoke import Exit, task
 
+from manyforge import configure_answers as configure_answers_module
 from manyforge import pipeline
 from manyforge import policy as policy_module
 from manyforge import publish as publish_module
@@ -249,6 +250,40 @@ def build(c, image=None, arch="x86_64", python=None, base=None, toolchain=None, 
         s, _image(s, image), arch, base=base, toolchain=toolchain, interpreters=_list(python, "python")
     )[0]
     pipeline.build(s, SourceCache(), target, origin=origin)
+
+
+@task(
+    name="configure-answers",
+    help={
+        "image": "image of images.yaml (default: the one this machine builds)",
+        "arch": "a cross-compiled architecture, e.g. s390x",
+        "python": "comma-separated interpreter tags (default: all of the image)",
+        "base": "base variant",
+        "toolchain": "toolchain variant",
+        "write": "record the answers in configure-answers/<base>.json (default: only show what differs)",
+        "spec": SPEC_HELP,
+    },
+)
+@_guard
+def configure_answers(c, image=None, arch=None, python=None, base=None, toolchain=None, write=False, spec=None):
+    """Re-derive what CPython's configure finds on the target for the checks a cross build
+    cannot run (its test programs run on the target, under QEMU) and diff it against
+    configure-answers/<base>.json; exit 1 if it differs and --write was not given."""
+    if not arch:
+        raise Exit("--arch is required: the cross-compiled architecture whose answers to derive", code=2)
+    s = _spec(spec)
+    target = pipeline.targets_for(
+        s, _image(s, image), arch, base=base, toolchain=toolchain, interpreters=_list(python, "python")
+    )[0]
+    new, changed = pipeline.derive_configure_answers(s, SourceCache(), target)
+    for line in changed:
+        print(line)
+    if write:
+        print(f"{target.slug}: {len(changed)} answer(s) changed; written to {configure_answers_module.write(new)}")
+    elif changed:
+        raise Exit(f"{target.slug}: {len(changed)} answer(s) differ from configure-answers/{target.base_name}.json (--write records them)", code=1)
+    else:
+        print(f"{target.slug}: the recorded configure answers are what the target answers")
 
 
 @task(

@@ -20,16 +20,17 @@ class ArchInfo:
     gnu_triplet: str  # Debian's name for cross compilers targeting it
     multiarch: str  # Debian's and CPython's multiarch tuple (extension-module suffixes)
     qemu: str | None  # binfmt handler name under /proc/sys/fs/binfmt_misc, None if run natively
+    host64: str | None = None  # a 32-bit arch: the 64-bit arch whose CPUs run its code natively
 
 
 ARCHES: dict[str, ArchInfo] = {
     "x86_64": ArchInfo("linux/amd64", "amd64", 64, "x86_64-linux-gnu", "x86_64-linux-gnu", None),
     # The host CPU runs i686 code itself; a 32-bit personality is all it needs.
-    "i686": ArchInfo("linux/386", "i386", 32, "i686-linux-gnu", "i386-linux-gnu", None),
+    "i686": ArchInfo("linux/386", "i386", 32, "i686-linux-gnu", "i386-linux-gnu", None, "x86_64"),
     "aarch64": ArchInfo("linux/arm64", "arm64", 64, "aarch64-linux-gnu", "aarch64-linux-gnu", "qemu-aarch64"),
     "ppc64le": ArchInfo("linux/ppc64le", "ppc64el", 64, "powerpc64le-linux-gnu", "powerpc64le-linux-gnu", "qemu-ppc64le"),
     "s390x": ArchInfo("linux/s390x", "s390x", 64, "s390x-linux-gnu", "s390x-linux-gnu", "qemu-s390x"),
-    "armv7l": ArchInfo("linux/arm/v7", "armhf", 32, "arm-linux-gnueabihf", "arm-linux-gnueabihf", "qemu-arm"),
+    "armv7l": ArchInfo("linux/arm/v7", "armhf", 32, "arm-linux-gnueabihf", "arm-linux-gnueabihf", "qemu-arm", "aarch64"),
     "riscv64": ArchInfo("linux/riscv64", "riscv64", 64, "riscv64-linux-gnu", "riscv64-linux-gnu", "qemu-riscv64"),
 }
 

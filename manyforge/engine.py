@@ -308,6 +308,46 @@ def probe_build(context: Path, platform: str) -> tuple[int, str]:
     return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace")
 
 
+def export_stage(target: Target, context: Path, stage: str, dest: Path, log_dir: Path) -> float:
+    """Build one stage of a prepared context and write its files into `dest` (replaced): no
+    image is kept. The seconds it took."""
+    log = log_dir / f"{target.slug}-{stage}.log"
+    cmd = [
+        "docker", "buildx", "build", "--platform", target.platform, "--progress", "plain", "--target", stage,
+        "--output", f"type=local,dest={dest}", "--", str(context),
+    ]  # fmt: skip
+    print(f"==> building stage {stage} of {target.slug} ({target.platform}); log: {log}", file=sys.stderr)
+    started = time.monotonic()
+    try:
+        if dest.exists():
+            shutil.rmtree(dest)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        rc = _run_build(cmd, target, log, started, None)
+    except OSError as exc:
+        raise EngineError(f"build of {target.slug} ({stage}): {_one_line(exc)}") from None
+    seconds = time.monotonic() - started
+    if rc != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+        raise EngineError(f"build of {target.slug} ({stage}) failed after {seconds:.0f}s (exit {rc}); last lines of {log}:\n{tail}")
+    return seconds
+
+
+def qemu_version(arch: str) -> str:
+    """The version line of the QEMU that runs `arch`'s programs here (its binfmt handler's
+    interpreter), for the provenance of what was found by running them."""
+    handler = ARCHES[arch].qemu
+    if handler is None:
+        return "none: the host runs it natively"
+    try:
+        fields = dict(line.split(" ", 1) for line in (BINFMT_DIR / handler).read_text().splitlines() if " " in line)
+        # (a -binfmt-P name links to the emulator, which answers --version only by its own name)
+        interpreter = os.path.realpath(fields["interpreter"].strip())
+    except (OSError, KeyError) as exc:
+        raise EngineError(f"no binfmt handler for {arch}: {_one_line(exc)}; {SETUP_HINT}") from None
+    out = _tool([interpreter, "--version"], f"{interpreter} --version", LOCAL_TIMEOUT)
+    return str(out).splitlines()[0].strip()
+
+
 def _apply_tags(image, target: Target, suffix: str) -> list[str]:
     repo = target.repository
     existing = [t for t in image.tags if re.fullmatch(rf"{re.escape(repo)}:[0-9]{{4}}\.[0-9]{{2}}\.[0-9]{{2}}-[0-9]+{re.escape(suffix)}", t)]

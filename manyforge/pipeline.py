@@ -21,9 +21,9 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from manyforge import engine, policy
+from manyforge import configure_answers, engine, policy
 from manyforge.arches import ARCHES
-from manyforge.render import Target, packages_checks, resolve_target, write_context, write_packages_check
+from manyforge.render import Target, packages_checks, render_dockerfile, resolve_target, write_context, write_packages_check
 from manyforge.sources import (
     Address,
     Pin,
@@ -37,7 +37,7 @@ from manyforge.sources import (
     fetch_wheels,
     library_pins,
 )
-from manyforge.spec import REPO_ROOT, Spec, SpecError, Suite
+from manyforge.spec import REPO_ROOT, Spec, SpecError, Suite, strict_json
 
 BUILD_DIR = REPO_ROOT / "build"
 ORIGINS = ("auto", "upstream", "debian")
@@ -251,6 +251,50 @@ def build(
     result = engine.build(target, context, BUILD_DIR / "logs", no_cache=no_cache, stop=stop)
     log(f"built {target.slug} in {result.seconds:.0f}s: {', '.join(result.tags)}")
     return result
+
+
+def derive_configure_answers(spec: Spec, cache: SourceCache, target: Target, origin: str = "auto") -> tuple[configure_answers.BaseAnswers, list[str]]:
+    """Run CPython's configure for every interpreter of a cross-compiled target with its test
+    programs running on the target (QEMU), and keep only the answers to the checks that run a
+    program (configure-answers.py). Returns the base's answers with this arch's replaced, and
+    what changed against configure-answers/<base>.json (nothing is written here)."""
+    if not target.cross_compiles:
+        raise SpecError([f"{target.slug} is not cross-compiled on this host: its configure runs on the target itself"])
+    engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
+    target = fetch(spec, cache, [target], origin=origin)[0]
+    context = write_context(target, cache, BUILD_DIR / "contexts" / f"{target.slug}-answers")
+    (context / "Dockerfile").write_text(render_dockerfile(target, derive_answers=True))
+    for arch in target.bootstrap_arches:
+        engine.ensure_bootstrap_base(spec, target.base_name, arch)
+    out = BUILD_DIR / "configure-answers" / target.slug
+    seconds = engine.export_stage(target, context, "configure_answers", out, BUILD_DIR / "logs")
+    derived = {}
+    for build in target.interpreter_builds():
+        path = out / f"{build.stage}.json"
+        try:
+            answers = spec_json(path)
+        except (OSError, ValueError) as exc:
+            raise engine.EngineError(f"{target.slug}: the derivation wrote no usable {path.name}: {str(exc)[:200]}") from None
+        minor = ".".join(build.version.split(".")[:2])
+        derived[(minor, build.version, build.free_threaded)] = answers
+    base = target.base
+    provenance = {
+        "base": f"debootstrap {base.debootstrap} ({target.base_ref()})" if base.debootstrap else str(base.image),
+        "qemu": engine.qemu_version(target.arch),
+        "derived_with": f"invoke configure-answers --image {target.image_name} --arch {target.arch}",
+    }
+    previous = configure_answers.load(target.base_name)
+    new = configure_answers.merged(previous, target.base_name, target.arch, provenance, derived)
+    log(f"derived configure answers of {target.slug} in {seconds:.0f}s")
+    return new, configure_answers.differences(previous, new, target.arch)
+
+
+def spec_json(path: Path) -> dict[str, str]:
+    """A JSON object of strings, read strictly (configure answers a derivation wrote)."""
+    data = strict_json(path.read_text())
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ValueError("not an object of strings")
+    return data
 
 
 def packages_check(target: Target) -> list[tuple[str, str]]:

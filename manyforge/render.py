@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jinja2
 
+from manyforge import configure_answers
 from manyforge.arches import ARCHES, NATIVE_ARCH, RUNS_NATIVELY, configure_build, python_multiarch
 from manyforge.quoting import template_environment
 from manyforge.sources import Pin, SourceCache, cpython_pin, library_pins, stage_files, wheel_pins
@@ -356,6 +357,9 @@ def stage_context(target: Target) -> dict:
         "build_packages": build_packages(target),
         "libraries": target.library_builds(),
         "configure_build": configure_build(target.arch, target.image.libc.name),
+        # A 32-bit target on the 64-bit host of its own CPU family: every step under linux32.
+        "personality": "linux32" if ARCHES[target.arch].host64 == NATIVE_ARCH else None,
+        "personality_host": NATIVE_ARCH,
         "interpreters": builds,
         "tools_interpreter": next(b for b in builds if b.tag == target.image.tools_interpreter),
     }
@@ -374,7 +378,7 @@ def cross_compiler(target: Target) -> dict:
     gnu = ARCHES[target.arch].gnu_triplet
     host = python_multiarch(target.arch, libc, (3, 99)) if libc == "musl" else gnu
     multiarch = bool(family.get("cross_multiarch"))
-    out: dict = {"host": host, "sysroot_stage": not multiarch, "setup": None, "packages": []}
+    out: dict = {"host": host, "sysroot_stage": not multiarch, "setup": None, "packages": [], "no_multiarch": False}
     if multiarch:
         arch = ARCHES[target.arch].debian
         out["setup"] = ["dpkg", "--add-architecture", arch]
@@ -391,13 +395,37 @@ def cross_compiler(target: Target) -> dict:
     # for, vendor included (s390x-redhat-linux, aarch64-alpine-linux-musl): the family's names.
     target_triplet = clang.get("targets", {}).get(target.arch, host)
     flags = f"--target={target_triplet} -fuse-ld=lld" + (f" --gcc-toolchain=/sysroot{target.toolchain.prefix}" if target.toolchain.prefix else "")
+    # Where clang's defaults for the target differ from the family's own GCC (the family file cites each).
+    if clang.get("flags", {}).get(target.arch):
+        flags += " " + clang["flags"][target.arch]
     out["packages"] = [*clang["packages"], *out["packages"]]
-    return {**out, "cc": f"{clang['bindir']}/clang {flags}", "cxx": f"{clang['bindir']}/clang++ {flags}", "tools": f"{clang['bindir']}/llvm-"}
+    return {
+        **out, "cc": f"{clang['bindir']}/clang {flags}", "cxx": f"{clang['bindir']}/clang++ {flags}",
+        "tools": f"{clang['bindir']}/llvm-", "no_multiarch": True,
+    }  # fmt: skip
 
 
-def render_dockerfile(target: Target) -> str:
+def recorded_answers(target: Target) -> dict[str, dict[str, str]]:
+    """Per interpreter stage of a cross build: configure's answers recorded for its base, arch
+    and CPython minor (configure-answers/); a stage with none recorded derives its own."""
+    if not target.cross_compiles:
+        return {}
+    data = configure_answers.load(target.base_name)
+    out = {}
+    for build in target.interpreter_builds():
+        found = configure_answers.for_interpreter(data, target.arch, build.version, build.free_threaded)
+        if found is not None:
+            out[build.stage] = found
+    return out
+
+
+def render_dockerfile(target: Target, derive_answers: bool = False) -> str:
+    """The Dockerfile of one image×arch; `derive_answers` adds the stages `invoke
+    configure-answers` builds (configure's test programs run on the target)."""
     bits = ARCHES[target.arch].bits
     cross = target.cross_compiles
+    if derive_answers and not cross:
+        raise SpecError([f"{target.slug} is not cross-compiled here: its configure runs on the target itself"])
     return (
         _environment()
         .get_template("Dockerfile.j2")
@@ -408,6 +436,8 @@ def render_dockerfile(target: Target) -> str:
             substitutions=target.substitutions,
             labels=image_labels(target),
             downloadable=list(target.downloadable),
+            answers=recorded_answers(target),
+            derive_answers=derive_answers,
             # 32-bit images on a 64-bit host: whatever way a user enters (docker exec skips the
             # entrypoint's linux32), Python names the image's own platform in wheel tags.
             host_platform=f"linux-{target.arch}" if bits == 32 else None,
@@ -487,4 +517,9 @@ def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
         (dest / "frontend" / tag / "requirements.txt").write_text(hashed_requirements(pins, f"frontend of {tag}"))
     (dest / "manylinux-interpreters.json").write_text(json.dumps(target.catalog(), indent=1) + "\n")
     (dest / "sbom-input.json").write_text(json.dumps(sbom_input(target), indent=1) + "\n")
+    answers = recorded_answers(target)
+    if answers:
+        (dest / "configure-answers").mkdir()
+        for stage, values in answers.items():
+            (dest / "configure-answers" / f"{stage}.json").write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
     return dest

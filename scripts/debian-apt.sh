@@ -6,6 +6,9 @@
 #
 #   debian-apt.sh STATE_DIR SUITE[,SUITE...] apt-get|apt-cache ARGS...
 #   debian-apt.sh --print-mirror
+#
+# MANYFORGE_APT_ARCHITECTURES=arm64,s390x indexes (and downloads) those dpkg architectures'
+# packages instead of the host's (one STATE_DIR per set of architectures).
 set -euo pipefail
 
 if [[ ${1:-} == --print-mirror ]]; then
@@ -67,6 +70,16 @@ apt_opts=(
     -o "APT::Get::List-Cleanup=0"
     -o "Debug::NoLocking=1"
 )
+if [[ -n ${MANYFORGE_APT_ARCHITECTURES:-} ]]; then
+    IFS=, read -r -a architectures <<< "$MANYFORGE_APT_ARCHITECTURES"
+    for architecture in "${architectures[@]}"; do
+        if [[ ! $architecture =~ ^[a-z0-9]{1,20}$ ]]; then
+            echo "error: MANYFORGE_APT_ARCHITECTURES: ${architecture:0:40} is not a dpkg architecture" >&2
+            exit 2
+        fi
+        apt_opts+=(-o "APT::Architectures::=$architecture")
+    done
+fi
 if [[ ! -f $state_dir/updated ]] || [[ -n $(find "$state_dir/updated" -mmin +360 2>/dev/null) ]]; then
     apt-get "${apt_opts[@]}" -qq update
     touch "$state_dir/updated"

@@ -4,6 +4,12 @@
 # come next, in their own layer (install-frontend.sh).
 #
 #   build-cpython.sh TARBALL PREFIX [CONFIGURE-ARGS...]
+#
+# Cross-compiling, configure takes the target's answers to the checks it cannot run from
+# MANYFORGE_CONFIGURE_ANSWERS (JSON, recorded in configure-answers/); where none are recorded,
+# it finds them first by running configure's test programs on the target (QEMU's binfmt
+# handler runs them; configure-answers.py says which checks those are). With
+# MANYFORGE_DERIVE_ANSWERS=FILE it only does that and writes them to FILE.
 set -euo pipefail
 
 tarball=$1 prefix=$2
@@ -32,9 +38,53 @@ fi
 if [[ -n ${MANYFORGE_CROSS:-} ]] && grep -q -- --with-build-python "$work/configure-help.txt"; then
     configure_args+=(--with-build-python="$(find /opt/_internal/build-python/bin -maxdepth 1 -name 'python3.[0-9]*' ! -name '*-config' -type f | head -n1)")
 fi
-# Keep the interpreter's own flags out of the sysconfig that extension builds inherit.
+# The interpreter's own flags (hardening as pypa's; cross-env.sh) stay out of the sysconfig
+# that extension builds inherit.
+nodist=(CFLAGS_NODIST="-fno-semantic-interposition $harden_cflags $harden_cppflags" LDFLAGS_NODIST="$harden_ldflags")
+# clang (the cross route of the RHEL and musl families) gets flags CPython's configure adds only
+# for clang into BASECFLAGS, where every user extension built with the image's GCC would inherit
+# them (3.15 on armv7: -mno-omit-leaf-frame-pointer, -mno-thumb; pypa/manylinux#1938): they
+# move to the interpreter's own flags.
+if [[ -n ${MANYFORGE_CROSS:-} ]] && gcc --version 2>/dev/null | grep -q clang; then
+    for flag in -mno-omit-leaf-frame-pointer -mno-thumb; do
+        if grep -q -- "$flag" configure; then
+            sed -i "s/ $flag//g" configure
+            nodist[0]+=" $flag"
+        fi
+    done
+fi
+
+if [[ -n ${MANYFORGE_CROSS:-} ]]; then
+    answers=${MANYFORGE_CONFIGURE_ANSWERS:-}
+    if [[ -n ${MANYFORGE_DERIVE_ANSWERS:-} || -z $answers ]]; then
+        # configure as if native, in a copy: its test programs run on the target (QEMU).
+        step "configure's checks that run a program, run on the target ($MANYFORGE_CROSS)"
+        native_args=()
+        for arg in "${configure_args[@]}"; do
+            case $arg in --build=* | --host=* | --with-build-python=*) ;; *) native_args+=("$arg") ;; esac
+        done
+        mkdir "$work/answers" && tar -xf "$tarball" -C "$work/answers" --strip-components=1
+        (cd "$work/answers" && CONFIG_SITE=/dev/null ./configure -C "${native_args[@]}" "${nodist[@]}" >/dev/null) || {
+            tail -n 30 "$work/answers/config.log" >&2
+            echo "build-cpython.sh: configure did not run on the target; are QEMU's binfmt handlers registered?" >&2
+            exit 1
+        }
+        python3 "$(dirname "${BASH_SOURCE[0]}")/configure-answers.py" derive "$work/answers/configure" "$work/answers/config.cache" > "$work/answers.json"
+        rm -rf "$work/answers"
+        if [[ -n ${MANYFORGE_DERIVE_ANSWERS:-} ]]; then
+            cp -- "$work/answers.json" "$MANYFORGE_DERIVE_ANSWERS"
+            step "configure answers written to $MANYFORGE_DERIVE_ANSWERS"
+            exit 0
+        fi
+        echo "manyforge: $(basename "$prefix"): no configure answers recorded for this target: using the ones just found on it"
+        answers=$work/answers.json
+    fi
+    python3 "$(dirname "${BASH_SOURCE[0]}")/configure-answers.py" site "$answers" > /opt/cross-bin/config.site
+    export CONFIG_SITE=/opt/cross-bin/config.site
+fi
+
 step configure
-./configure "${configure_args[@]}" CFLAGS_NODIST="-fno-semantic-interposition" >/dev/null
+./configure "${configure_args[@]}" "${nodist[@]}" >/dev/null
 step "make -j$(nproc)"
 make -j"$(nproc)" >/dev/null
 step "make install"
@@ -45,9 +95,12 @@ ln -sf "$(basename "$python")" "$prefix/bin/python3"
 ln -sf "$(basename "$python")" "$prefix/bin/python"
 step "strip, trim"
 if [[ ${MANYFORGE_CROSS_SYSROOT:-/} != / ]]; then
-    # Paths seen through the sysroot (from pkg-config) name the target's own root once installed.
+    # The sysroot's search paths (cross-env.sh) were the build's, not a native twin's: they go,
+    # and paths seen through the sysroot (from pkg-config) name the target's own root.
     { grep -rlF "$MANYFORGE_CROSS_SYSROOT/" "$prefix/lib" "$prefix/bin" || true; } | while IFS= read -r f; do
-        if file "$f" | grep -q text; then sed -i "s|$MANYFORGE_CROSS_SYSROOT/|/|g" "$f"; fi
+        if file "$f" | grep -q text; then
+            sed -i -e "s| *${CPPFLAGS}||g" -e "s| *${LDFLAGS}||g" -e "s|$MANYFORGE_CROSS_SYSROOT/|/|g" "$f"
+        fi
     done
 fi
 
@@ -55,8 +108,11 @@ libdir=$(find "$prefix/lib" -maxdepth 1 -name 'python3.*' -type d | head -n1)
 # The static libpython serves embedding, never a wheel; optimized bytecode serves only -O runs.
 rm -f "$prefix"/lib/libpython*.a "$libdir"/config-*/libpython*.a
 find "$libdir" -name '*.opt-[12].pyc' -delete
+# The test suite goes; the `test` package's support code stays, as in pypa's images: projects'
+# own test suites import test.support.
+find "$libdir/test" -mindepth 1 -maxdepth 1 ! -name __init__.py ! -name support -exec rm -rf {} +
 find "$libdir" -depth -type d \( -name test -o -name tests -o -name idle_test \) \
-    ! -path '*/site-packages/*' -exec rm -rf {} +
+    ! -path "$libdir/test" ! -path '*/site-packages/*' -exec rm -rf {} +
 find "$prefix" -type f \( -name '*.so' -o -path "$prefix/bin/*" \) -print0 | xargs -0 file \
     | grep ': *ELF' | cut -d: -f1 | xargs -r strip --strip-unneeded
 

@@ -18,7 +18,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 tar -xf "$tarball" -C "$work" --strip-components=1
 cd "$work"
-export CFLAGS="-O2 -fPIC"
+# Hardened as the interpreters are (cross-env.sh): the libraries end up inside their modules.
+export CFLAGS="-O2 -fPIC $harden_cflags $harden_cppflags"
 jobs=$(nproc)
 
 case $name in
@@ -38,9 +39,14 @@ case $name in
                 *) echo "build-library.sh: no OpenSSL target for $MANYFORGE_CROSS" >&2; exit 2 ;;
             esac
         fi
+        # OpenSSL 3's 64-bit atomics need libatomic on 32-bit x86 (as pypa's build-openssl.sh);
+        # -l options given to Configure reach libcrypto.pc, and so every link of the modules.
+        extra=()
+        case ${MANYFORGE_CROSS:-$(uname -m)} in i?86*) extra+=(-latomic) ;; esac
         step "configure (openssldir ${OPENSSLDIR:?})"
+        # shellcheck disable=SC2086 # the flags are words
         "${configure[@]}" --prefix=/usr/local --libdir=lib --openssldir="$OPENSSLDIR" \
-            no-shared no-tests no-docs -fPIC >/dev/null
+            no-shared no-tests no-docs -fPIC $harden_cflags $harden_cppflags ${extra[@]+"${extra[@]}"} >/dev/null
         step "make -j$jobs"
         make -j"$jobs" build_libs >/dev/null
         make DESTDIR="$dest" install_dev >/dev/null
@@ -78,4 +84,11 @@ for pc in "$dest"/usr/local/lib/pkgconfig/*.pc; do
 done
 rm -rf "$dest/usr/local/share" "$dest/usr/local/bin"
 find "$dest/usr/local/lib" -name '*.so*' -delete
+# The hardening took: the archive calls the stack protector's check.
+for archive in "$dest"/usr/local/lib/*.a; do
+    if ! "${NM:-nm}" "$archive" 2>/dev/null | grep -q ' U __stack_chk_fail'; then
+        echo "build-library.sh: $(basename "$archive") was built without the stack protector" >&2
+        exit 1
+    fi
+done
 step "installed $(find "$dest/usr/local/lib" -name '*.a' -printf '%f ')"

@@ -1,22 +1,128 @@
-"""Run by a freshly built interpreter: fail the build when a module whose library configure
-did not find was silently left out, and print what the interpreter links."""
+"""Run by a freshly built interpreter on its target (its own stage: natively, or under QEMU when
+it was cross-compiled): fail the build when it is not what a native build of it would be.
+
+- every extension module an official build of its version ships on Linux imports (one list:
+  the image tests import it from here);
+- the checks a cross build could get wrong behave as natively (hash algorithm, computed gotos,
+  time.tzset, sem_getvalue, byte order, platform triplet).
+
+    python check-cpython.py [--json]
+"""
+
+from __future__ import annotations
 
 import importlib
+import json
+import subprocess
 import sys
+import sysconfig
 
-wanted = ["ssl", "sqlite3", "ctypes", "zlib", "bz2", "lzma", "readline", "uuid", "curses", "dbm.gnu", "decimal", "_tkinter"]
-if sys.version_info >= (3, 14):
-    wanted.append("compression.zstd")
-missing = []
-for name in wanted:
+# Extension modules (and the packages that need one) of every supported version.
+MODULES = [
+    "array", "binascii", "bz2", "cmath", "ctypes", "curses", "curses.panel", "dbm.gnu", "dbm.ndbm", "decimal",
+    "fcntl", "grp", "hashlib", "lzma", "math", "mmap", "multiprocessing.shared_memory", "pyexpat", "readline",
+    "resource", "select", "socket", "sqlite3", "ssl", "termios", "tkinter", "unicodedata", "uuid",
+    "xml.etree.ElementTree", "zlib", "zoneinfo", "_asyncio", "_ctypes", "_curses_panel", "_datetime", "_decimal",
+    "_elementtree", "_hashlib", "_json", "_lzma", "_multiprocessing", "_pickle", "_posixshmem", "_queue",
+    "_sqlite3", "_ssl", "_tkinter", "_uuid", "test.support",
+]  # fmt: skip
+REMOVED_IN_3_13 = ["audioop", "crypt", "ossaudiodev", "spwd", "_crypt"]
+ADDED = {(3, 13): ["dbm.sqlite3"], (3, 14): ["compression.zstd", "_zstd"]}
+
+# Big-endian machines of the platform triplets CPython names (sysconfig MULTIARCH).
+BIG_ENDIAN = ("s390x-", "powerpc64-", "powerpc-", "mips-", "mips64-")
+
+
+def expected_modules(version: tuple[int, int]) -> list[str]:
+    names = list(MODULES) + (REMOVED_IN_3_13 if version < (3, 13) else [])
+    for since, added in ADDED.items():
+        if version >= since:
+            names += added
+    return names
+
+
+def missing_modules() -> dict[str, str]:
+    bad = {}
+    for name in expected_modules(sys.version_info[:2]):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # an ImportError, or a module that fails as it loads
+            bad[name] = repr(exc)
+    return bad
+
+
+def _queue_size() -> str:
+    import multiprocessing
+
     try:
-        importlib.import_module(name)
-    except ImportError as exc:
-        missing.append(f"{name} ({exc})")
-if missing:
-    sys.exit("manyforge: modules missing from this build: " + ", ".join(missing))
+        return str(multiprocessing.Queue().qsize())
+    except NotImplementedError as exc:
+        return f"NotImplementedError: {exc}"
 
-import sqlite3  # noqa: E402
-import ssl  # noqa: E402
 
-print("manyforge:", sys.version.split()[0], ssl.OPENSSL_VERSION, "SQLite", sqlite3.sqlite_version)
+def _compiler_multiarch() -> str | None:
+    """What the image's C compiler calls this platform (None: no compiler, or it says nothing)."""
+    try:
+        out = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True, timeout=60, check=False)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def probes() -> dict[str, object]:
+    """What a native build shows and a cross build with configure's guesses does not."""
+    import time
+
+    cfg = sysconfig.get_config_vars()
+    return {
+        "hash_algorithm": sys.hash_info.algorithm,
+        "computed_gotos": cfg.get("HAVE_COMPUTED_GOTOS"),
+        "time_tzset": hasattr(time, "tzset"),
+        "queue_qsize": _queue_size(),
+        "byteorder": sys.byteorder,
+        "multiarch": cfg.get("MULTIARCH"),
+        "soabi": cfg.get("SOABI"),
+        "ext_suffix": cfg.get("EXT_SUFFIX"),
+        "cc": cfg.get("CC"),
+    }
+
+
+def probe_problems(found: dict[str, object], compiler_multiarch: str | None) -> list[str]:
+    problems = []
+    want_hash = "siphash13" if sys.version_info >= (3, 11) else "siphash24"
+    if found["hash_algorithm"] != want_hash:
+        problems.append(f"sys.hash_info.algorithm is {found['hash_algorithm']!r}, a native build has {want_hash!r}")
+    if found["computed_gotos"] != 1:
+        problems.append(f"HAVE_COMPUTED_GOTOS is {found['computed_gotos']!r}: GCC and clang support computed gotos")
+    if not found["time_tzset"]:
+        problems.append("time.tzset is missing")
+    if found["queue_qsize"] != "0":
+        problems.append(f"multiprocessing.Queue().qsize() gives {found['queue_qsize']}")
+    multiarch = str(found["multiarch"] or "")
+    want_order = "big" if multiarch.startswith(BIG_ENDIAN) else "little"
+    if found["byteorder"] != want_order:
+        problems.append(f"sys.byteorder is {found['byteorder']!r} on {multiarch}")
+    if not multiarch or multiarch not in str(found["soabi"]) or multiarch not in str(found["ext_suffix"]):
+        problems.append(f"SOABI {found['soabi']!r} and EXT_SUFFIX {found['ext_suffix']!r} do not name the triplet {multiarch!r}")
+    if compiler_multiarch is not None and compiler_multiarch != multiarch:
+        problems.append(f"MULTIARCH is {multiarch!r}, the image's gcc says {compiler_multiarch!r}")
+    return problems
+
+
+def main() -> None:
+    missing = missing_modules()
+    found = probes()
+    problems = [f"module {name}: {why}" for name, why in missing.items()] + probe_problems(found, _compiler_multiarch())
+    if "--json" in sys.argv[1:]:
+        print(json.dumps({"problems": problems, "probes": found}))
+        return
+    if problems:
+        sys.exit("manyforge: this interpreter is not what a native build would be:\n  " + "\n  ".join(problems))
+    import sqlite3
+    import ssl
+
+    print("manyforge:", sys.version.split()[0], ssl.OPENSSL_VERSION, "SQLite", sqlite3.sqlite_version, found["hash_algorithm"])
+
+
+if __name__ == "__main__":
+    main()

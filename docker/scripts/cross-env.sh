@@ -10,6 +10,14 @@
 # native build's. `cc` stays the build host's compiler, for tools a build runs on the host.
 # shellcheck disable=SC2034 # read by the scripts that source this file
 cross_configure_args=()
+
+# Hardening as pypa's images build with (and as distributions do): for the interpreters (in
+# CPython's *_NODIST variables, so user extensions do not inherit it) and the from-source
+# libraries linked into their modules. _FORTIFY_SOURCE does nothing on musl, which has no
+# fortified headers.
+harden_cflags="-fstack-protector-strong -Wformat -Werror=format-security"
+harden_cppflags="-Wdate-time -D_FORTIFY_SOURCE=2"
+harden_ldflags="-Wl,-z,relro -Wl,-z,now"
 if [[ -n ${MANYFORGE_CROSS:-} ]]; then
     native_triplet=$(cc -dumpmachine)
     export CC_FOR_BUILD=cc
@@ -17,19 +25,38 @@ if [[ -n ${MANYFORGE_CROSS:-} ]]; then
     sysroot=${MANYFORGE_CROSS_SYSROOT:-/}
     for pair in "gcc=${MANYFORGE_CROSS_CC:?}" "g++=${MANYFORGE_CROSS_CXX:?}" "cpp=${MANYFORGE_CROSS_CC} -E"; do
         name=${pair%%=*} real=${pair#*=}
-        if [[ $sysroot == / ]]; then
-            printf '#!/bin/sh\nexec %s "$@"\n' "$real" > "/opt/cross-bin/$name"
-        else
-            printf '#!/bin/sh\nexec %s --sysroot=%s "$@"\n' "$real" "$sysroot" > "/opt/cross-bin/$name"
-        fi
+        {
+            echo '#!/bin/sh'
+            # clang answers --print-multiarch with Debian's tuple where the family's own GCC
+            # (RHEL, Alpine) prints nothing; CPython's configure compares it with its triplet.
+            if [[ -n ${MANYFORGE_CROSS_NO_MULTIARCH:-} ]]; then
+                # shellcheck disable=SC2016 # written for the wrapper, which expands it
+                echo 'case "$1" in -print-multiarch|--print-multiarch) exit 0 ;; esac'
+            fi
+            if [[ $sysroot == / ]]; then
+                printf 'exec %s "$@"\n' "$real"
+            else
+                printf 'exec %s --sysroot=%s "$@"\n' "$real" "$sysroot"
+            fi
+        } > "/opt/cross-bin/$name"
         chmod 0755 "/opt/cross-bin/$name"
     done
+    # Test programs a configure runs on the target (configure-answers.sh) find the target's
+    # loader and libraries in the sysroot.
+    if [[ $sysroot != / ]]; then
+        export QEMU_LD_PREFIX=$sysroot
+    fi
     for tool in ar ranlib nm strip objcopy objdump readelf; do
         ln -sf "$(command -v "${MANYFORGE_CROSS_TOOLS:?}$tool")" "/opt/cross-bin/$tool"
     done
-    # What configure cannot find out without running target code.
-    printf '%s\n' ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no ac_cv_buggy_getaddrinfo=no > /opt/cross-bin/config.site
-    export CONFIG_SITE=/opt/cross-bin/config.site
+    # What configure cannot find out without running target code: the answers configure found
+    # on the target itself (configure-answers/, mounted by the Dockerfile), or, for a base
+    # with none recorded, found here first by running configure's test programs on the target
+    # (under QEMU): see configure-answers.sh.
+    if [[ -n ${MANYFORGE_CONFIGURE_ANSWERS:-} ]]; then
+        cp -- "$MANYFORGE_CONFIGURE_ANSWERS" /opt/cross-bin/config.site
+        export CONFIG_SITE=/opt/cross-bin/config.site
+    fi
     export PATH="/opt/cross-bin:/opt/_internal/build-python/bin:$PATH"
     # readelf under its own name: CPython's configure refuses the host's plain `readelf`.
     READELF=$(command -v "${MANYFORGE_CROSS_TOOLS}readelf")
