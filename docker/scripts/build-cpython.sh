@@ -16,6 +16,8 @@ tarball=$1 prefix=$2
 shift 2
 
 step() { echo "manyforge: $(basename "$prefix"): $*"; }
+# A fixed string as a sed pattern (| is the delimiter below).
+literal() { printf '%s' "$1" | sed 's/[][\.*^$|/]/\\&/g'; }
 
 # shellcheck source=docker/scripts/cross-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cross-env.sh"
@@ -41,14 +43,13 @@ fi
 # The interpreter's own flags (hardening as pypa's; cross-env.sh) stay out of the sysconfig
 # that extension builds inherit.
 nodist=(CFLAGS_NODIST="-fno-semantic-interposition $harden_cflags $harden_cppflags" LDFLAGS_NODIST="$harden_ldflags")
-# clang (the cross route of the RHEL and musl families) gets flags CPython's configure adds only
-# for clang into BASECFLAGS, where every user extension built with the image's GCC would inherit
-# them (3.15 on armv7: -mno-omit-leaf-frame-pointer, -mno-thumb; pypa/manylinux#1938): they
-# move to the interpreter's own flags.
-if [[ -n ${MANYFORGE_CROSS:-} ]] && gcc --version 2>/dev/null | grep -q clang; then
+# clang (the cross route of the RHEL and musl families) on armv7: CPython 3.15's configure adds
+# clang-only flags to BASECFLAGS, where every extension built with the image's GCC inherits them
+# (pypa/manylinux#1938); as pypa does, they move to the interpreter's own flags.
+if [[ ${MANYFORGE_CROSS:-} == arm* ]] && gcc --version > "$work/cc-version" 2>&1 && grep -q clang "$work/cc-version"; then
     for flag in -mno-omit-leaf-frame-pointer -mno-thumb; do
-        if grep -q -- "$flag" configure; then
-            sed -i "s/ $flag//g" configure
+        if grep -q -- "frame_pointer_cflags $flag" configure; then
+            sed -i "s/frame_pointer_cflags $flag/frame_pointer_cflags/g" configure
             nodist[0]+=" $flag"
         fi
     done
@@ -56,6 +57,15 @@ fi
 
 if [[ -n ${MANYFORGE_CROSS:-} ]]; then
     answers=${MANYFORGE_CONFIGURE_ANSWERS:-}
+    if [[ -n $answers && -z ${MANYFORGE_DERIVE_ANSWERS:-} ]]; then
+        # Recorded for this minor, perhaps from another patch release: one whose configure runs
+        # a check they do not answer is answered here, on the target, instead.
+        unanswered=$(python3 "$(dirname "${BASH_SOURCE[0]}")/configure-answers.py" unanswered configure "$answers")
+        if [[ -n $unanswered ]]; then
+            echo "manyforge: $(basename "$prefix"): the recorded configure answers lack $unanswered: finding them all on the target"
+            answers=
+        fi
+    fi
     if [[ -n ${MANYFORGE_DERIVE_ANSWERS:-} || -z $answers ]]; then
         # configure as if native, in a copy: its test programs run on the target (QEMU).
         step "configure's checks that run a program, run on the target ($MANYFORGE_CROSS)"
@@ -99,7 +109,7 @@ if [[ ${MANYFORGE_CROSS_SYSROOT:-/} != / ]]; then
     # and paths seen through the sysroot (from pkg-config) name the target's own root.
     { grep -rlF "$MANYFORGE_CROSS_SYSROOT/" "$prefix/lib" "$prefix/bin" || true; } | while IFS= read -r f; do
         if file "$f" | grep -q text; then
-            sed -i -e "s| *${CPPFLAGS}||g" -e "s| *${LDFLAGS}||g" -e "s|$MANYFORGE_CROSS_SYSROOT/|/|g" "$f"
+            sed -i -e "s| *$(literal "$CPPFLAGS")||g" -e "s| *$(literal "$LDFLAGS")||g" -e "s|$(literal "$MANYFORGE_CROSS_SYSROOT")/|/|g" "$f"
         fi
     done
 fi

@@ -86,7 +86,8 @@ rm -rf "$dest/usr/local/share" "$dest/usr/local/bin"
 find "$dest/usr/local/lib" -name '*.so*' -delete
 # The hardening took: the archive calls the stack protector's check.
 for archive in "$dest"/usr/local/lib/*.a; do
-    if ! "${NM:-nm}" "$archive" 2>/dev/null | grep -q ' U __stack_chk_fail'; then
+    "${NM:-nm}" "$archive" > "$work/symbols" 2>/dev/null  # not piped into grep -q: pipefail, SIGPIPE
+    if ! grep -q ' U __stack_chk_fail' "$work/symbols"; then
         echo "build-library.sh: $(basename "$archive") was built without the stack protector" >&2
         exit 1
     fi

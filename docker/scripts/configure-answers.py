@@ -10,6 +10,7 @@ of that run's cache is kept.
 
     configure-answers.py derive CONFIGURE CONFIG_CACHE   JSON {variable: value} on stdout
     configure-answers.py site ANSWERS_JSON                the same as a CONFIG_SITE file
+    configure-answers.py unanswered CONFIGURE ANSWERS_JSON   the checks it runs that they lack
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ VALUE = re.compile(r"[A-Za-z0-9_.+ -]{0,200}")
 RESULT = re.compile(r'result: \$(\w+)"')
 FILE_CHECK = re.compile(r"\$\{(ac_cv_file_\w+)\+")
 CACHE_LINE = re.compile(r"(\w+)=\$\{\1=(.*)\}")
+# Checks every CPython configure since 3.9 runs on the target; a derivation without them failed.
+CORE = ("ac_cv_aligned_required", "ac_cv_computed_gotos", "ac_cv_working_tzset", "ac_cv_broken_sem_getvalue")
 # How far after a test program the check's result line may be (autoconf prints it right after
 # the cached block; a result further away belongs to an uncached check, which no cache answers).
 RESULT_WITHIN = 40
@@ -70,8 +73,18 @@ def main(argv: list[str]) -> None:
         with open(argv[2], encoding="utf-8", errors="replace") as fh:
             cache = read_cache(fh.read())
         answers = checked({name: cache[name] for name in sorted(wanted) if name in cache})
+        lacking = [name for name in CORE if name not in answers]
+        if lacking:
+            sys.exit(f"configure-answers: configure's cache has no {', '.join(lacking)}: the run did not answer them")
         json.dump(answers, sys.stdout, indent=1, sort_keys=True)
         print()
+    elif len(argv) == 3 and argv[0] == "unanswered":
+        with open(argv[1], encoding="utf-8", errors="replace") as fh:
+            wanted = run_test_variables(fh.read())
+        with open(argv[2], encoding="utf-8") as fh:
+            answers = checked(json.load(fh))
+        # A check answered only after another said no (-Kpthread after -pthread) may be absent.
+        print(" ".join(name for name in CORE if name in wanted and name not in answers))
     elif len(argv) == 2 and argv[0] == "site":
         with open(argv[1], encoding="utf-8") as fh:
             answers = checked(json.load(fh))

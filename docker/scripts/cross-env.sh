@@ -11,13 +11,13 @@
 # shellcheck disable=SC2034 # read by the scripts that source this file
 cross_configure_args=()
 
-# Hardening as pypa's images build with (and as distributions do): for the interpreters (in
-# CPython's *_NODIST variables, so user extensions do not inherit it) and the from-source
-# libraries linked into their modules. _FORTIFY_SOURCE does nothing on musl, which has no
-# fortified headers.
+# Hardening with pypa's images' flags (build_utils.sh; we leave out its -g -O2 -Wall, which
+# would trade CPython's -O3 for debug info): for the interpreters (in CPython's *_NODIST
+# variables, so user extensions do not inherit it) and the from-source libraries linked into
+# their modules. _FORTIFY_SOURCE does nothing on musl, which has no fortified headers.
 harden_cflags="-fstack-protector-strong -Wformat -Werror=format-security"
 harden_cppflags="-Wdate-time -D_FORTIFY_SOURCE=2"
-harden_ldflags="-Wl,-z,relro -Wl,-z,now"
+harden_ldflags="-Wl,-Bsymbolic-functions -Wl,-z,relro -Wl,-z,now"
 if [[ -n ${MANYFORGE_CROSS:-} ]]; then
     native_triplet=$(cc -dumpmachine)
     export CC_FOR_BUILD=cc
@@ -41,22 +41,16 @@ if [[ -n ${MANYFORGE_CROSS:-} ]]; then
         } > "/opt/cross-bin/$name"
         chmod 0755 "/opt/cross-bin/$name"
     done
-    # Test programs a configure runs on the target (configure-answers.sh) find the target's
-    # loader and libraries in the sysroot.
+    # Test programs a configure runs on the target (build-cpython.sh, configure-answers.py)
+    # find the target's loader and libraries in the sysroot.
     if [[ $sysroot != / ]]; then
         export QEMU_LD_PREFIX=$sysroot
     fi
     for tool in ar ranlib nm strip objcopy objdump readelf; do
         ln -sf "$(command -v "${MANYFORGE_CROSS_TOOLS:?}$tool")" "/opt/cross-bin/$tool"
     done
-    # What configure cannot find out without running target code: the answers configure found
-    # on the target itself (configure-answers/, mounted by the Dockerfile), or, for a base
-    # with none recorded, found here first by running configure's test programs on the target
-    # (under QEMU): see configure-answers.sh.
-    if [[ -n ${MANYFORGE_CONFIGURE_ANSWERS:-} ]]; then
-        cp -- "$MANYFORGE_CONFIGURE_ANSWERS" /opt/cross-bin/config.site
-        export CONFIG_SITE=/opt/cross-bin/config.site
-    fi
+    # What configure cannot find out without running target code comes from the target:
+    # build-cpython.sh writes configure's site file (configure-answers.py).
     export PATH="/opt/cross-bin:/opt/_internal/build-python/bin:$PATH"
     # readelf under its own name: CPython's configure refuses the host's plain `readelf`.
     READELF=$(command -v "${MANYFORGE_CROSS_TOOLS}readelf")

@@ -6,8 +6,9 @@ images.yaml) for x86_64 with all its interpreters; secondary targets with a subs
 cold CI run within its hour: its i686 image (cp39, which cibuildwheel's helper needs, and the
 tools interpreter), its s390x image (the tools interpreter, cross-compiled on the build host
 from the x86_64 build's cached native stages: the cross path, big-endian, under QEMU) and
-manylinux_2_31 for x86_64 (the tools interpreter, with its from-source libraries). The GitHub
-workflow tests every arch with all interpreters.
+manylinux_2_31 for i686 (cp39 and the tools interpreter, with its from-source libraries, every
+step under linux32; it replaced manylinux_2_31 x86_64, whose stages are the same but for the
+arch). The GitHub workflow tests every arch with all interpreters.
 
 MANYFORGE_TEST_TARGETS="image:arch[:tag+tag...],..." chooses others (no tags: all of them);
 MANYFORGE_TEST_IMAGE=<image> with MANYFORGE_TEST_ARCHES=a,b tests every interpreter of one
@@ -47,7 +48,7 @@ class BuiltImage:
 
 def _default_targets(spec: Spec) -> str:
     image = pipeline.default_image(spec)
-    return f"{image}:x86_64,{image}:i686:cp39-cp39,{image}:s390x:,manylinux_2_31:x86_64:"
+    return f"{image}:x86_64,{image}:i686:cp39-cp39,{image}:s390x:,manylinux_2_31:i686:cp39-cp39"
 
 
 def _targets(spec: Spec) -> list[Target]:
