@@ -213,6 +213,9 @@ class Builder:
     # The docker driver writes a registry cache, and sees the engine's images, only on an engine
     # whose image store is containerd's; every other driver writes caches but sees no local image.
     containerd_store: bool = False
+    # A docker-driver builder is a docker context's engine: buildx takes it only as
+    # `docker --context=NAME buildx ...` (it refuses --builder for a context other than the current).
+    context: str | None = None
 
     @property
     def exports_cache(self) -> bool:
@@ -224,7 +227,13 @@ class Builder:
 
     @property
     def argv(self) -> list[str]:
-        return [f"--builder={self.name}"] if self.name else []
+        """buildx's options that choose this builder."""
+        return [f"--builder={self.name}"] if self.name and self.driver != "docker" else []
+
+    @property
+    def docker_argv(self) -> list[str]:
+        """The docker CLI's options that choose it (a docker-driver builder's context)."""
+        return [f"--context={self.context}"] if self.name and self.driver == "docker" and self.context else []
 
 
 def builder_name(value: str | None, what: str = "--builder") -> str | None:
@@ -262,7 +271,7 @@ def inspect_builder(name: str | None) -> Builder:
         status = _tool(["docker", f"--context={context}", "info", "--format", "{{json .DriverStatus}}"],
                        f"docker --context={context} info", tool_timeout(LOCAL_TIMEOUT))  # fmt: skip
         containerd = "io.containerd.snapshotter" in status
-    return Builder(name, driver, containerd)
+    return Builder(name, driver, containerd, fields.get("Endpoint") if driver == "docker" else None)
 
 
 def cache_options(builder: Builder, target: Target, ref: str | None, push: bool, default_builder: bool) -> list[str]:
@@ -305,8 +314,9 @@ def check_builder(builder: Builder, target: Target) -> None:
         )
 
 
-def _registry_cache(target: Target, builder_name_: str | None) -> list[str]:
-    """The builder and cache options of one build (see cache_options)."""
+def _registry_cache(target: Target, builder_name_: str | None) -> tuple[list[str], list[str]]:
+    """The docker CLI's and buildx's options of one build: the builder and the cache (see
+    cache_options)."""
     ref, push = build_cache_settings()
     builder = inspect_builder(builder_name_) if builder_name_ or ref else Builder(None, "docker")
     if builder_name_:
@@ -318,7 +328,7 @@ def _registry_cache(target: Target, builder_name_: str | None) -> list[str]:
         except EngineError:  # made on first use; --bootstrap pulls BuildKit's image
             _tool(["docker", "buildx", "create", "--name", CACHE_BUILDER, "--driver", "docker-container", "--bootstrap"],
                   "buildx create", tool_timeout(PUSH_TIMEOUT))  # fmt: skip
-    return args
+    return builder.docker_argv, args
 
 
 @_docker_api
@@ -335,9 +345,10 @@ def build(
     log = log_dir / f"{target.slug}.log"
     suffix = target.tag_suffix
     build_ref = f"{target.repository}:build{suffix}"
+    docker_args, buildx_args = _registry_cache(target, builder)
     cmd = [
-        "docker", "buildx", "build", "--platform", target.platform, "--progress", "plain", "--load",
-        "--tag", build_ref, *(["--no-cache"] if no_cache else []), *_registry_cache(target, builder), "--", str(context),
+        "docker", *docker_args, "buildx", "build", "--platform", target.platform, "--progress", "plain", "--load",
+        "--tag", build_ref, *(["--no-cache"] if no_cache else []), *buildx_args, "--", str(context),
     ]  # fmt: skip
     print(f"==> building {target.slug} ({target.platform}); log: {log}", file=sys.stderr)
     started = time.monotonic()
@@ -402,7 +413,8 @@ def _stop_build(proc: subprocess.Popen, reader: threading.Thread) -> None:
 def prune_build_cache(builder: str | None = None) -> None:
     """Empty BuildKit's cache (images in the engine's store, such as bootstrapped bases, stay)
     of the engine's builder, or of the builder named."""
-    argv = ["docker", "buildx", "prune", *([f"--builder={builder_name(builder)}"] if builder else []), "--all", "--force"]
+    chosen = inspect_builder(builder) if builder else Builder(None, "docker")
+    argv = ["docker", *chosen.docker_argv, "buildx", "prune", *chosen.argv, "--all", "--force"]
     _tool(argv, "buildx prune", BUILD_TIMEOUT)
 
 

@@ -214,8 +214,11 @@ def test_a_builder_that_exports_reads_and_writes_the_cache_and_a_cross_target_re
 
 
 def test_the_docker_driver_on_the_classic_store_only_reads_a_named_cache():
-    args = cache_options(Builder("second", "docker"), REGISTRY_BASED, CACHE, True, default_builder=False)
-    assert args == ["--builder=second", "--cache-from", f"type=registry,ref={CACHE}:manylinux_2_28_x86_64"]
+    second = Builder("second", "docker", context="second")
+    args = cache_options(second, REGISTRY_BASED, CACHE, True, default_builder=False)
+    # A docker-driver builder is chosen by its context (buildx refuses --builder for it).
+    assert second.docker_argv == ["--context=second"]
+    assert args == ["--cache-from", f"type=registry,ref={CACHE}:manylinux_2_28_x86_64"]
 
 
 def test_without_builder_the_engines_own_writes_the_cache_on_containerds_store_debian_bases_included():
