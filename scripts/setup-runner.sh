@@ -82,14 +82,22 @@ setup_host() {
             *) die "unknown option '${1:0:40}'; see the head of $0" ;;
         esac
     done
+    # Every option is checked before anything is looked at or installed.
+    local handler=""
+    if [[ -n $qemu ]]; then
+        handler=$(qemu_handler "$qemu")
+    fi
+    if [[ $debootstrap == 1 ]]; then
+        [[ -n ${MANYFORGE_DEBIAN_MIRROR:-} ]] || die "a Debian base needs a Debian mirror: set the repository variable DEBIAN_MIRROR (the runner's apt sources are Ubuntu's)"
+        [[ $MANYFORGE_DEBIAN_MIRROR =~ ^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)*/?$ ]] \
+            || die "DEBIAN_MIRROR: expected an http(s) URL of a Debian mirror (host and path only)"
+    fi
     [[ $(id -u) -eq 0 ]] || die "$0 host must run as root (sudo): it installs packages"
     # The runner's engine and buildx are used as they are; never replaced.
     docker info >/dev/null 2>&1 || die "no Docker engine answers; GitHub's Ubuntu runners have one preinstalled"
     docker buildx version >/dev/null 2>&1 || die "docker buildx is missing; GitHub's Ubuntu runners have it preinstalled"
     apt_install pigz xz-utils ca-certificates
     if [[ -n $qemu ]]; then
-        local handler
-        handler=$(qemu_handler "$qemu")
         if ! grep -q '^flags:.*F' "/proc/sys/fs/binfmt_misc/$handler" 2>/dev/null; then
             # Ubuntu's qemu-user-static registers every handler with the fix-binary flag.
             apt_install qemu-user-static binfmt-support
@@ -101,9 +109,6 @@ setup_host() {
         log "QEMU for $qemu: $handler registered with the fix-binary flag"
     fi
     if [[ $debootstrap == 1 ]]; then
-        [[ -n ${MANYFORGE_DEBIAN_MIRROR:-} ]] || die "a Debian base needs a Debian mirror: set the repository variable DEBIAN_MIRROR (the runner's apt sources are Ubuntu's)"
-        [[ $MANYFORGE_DEBIAN_MIRROR =~ ^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)*/?$ ]] \
-            || die "DEBIAN_MIRROR: expected an http(s) URL of a Debian mirror (host and path only)"
         apt_install debootstrap debian-archive-keyring
     fi
     if [[ $containerd == 1 ]] && ! docker info --format '{{json .DriverStatus}}' | grep -q io.containerd.snapshotter; then
