@@ -242,3 +242,14 @@ def test_a_builder_that_cannot_see_the_engines_images_is_refused_for_bootstrappe
             check_builder(Builder("farm", driver), DEBIAN)
         check_builder(Builder("farm", driver), REGISTRY_BASED)
     check_builder(Builder("second", "docker"), DEBIAN)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--image=manylinux_2_36", "--arch=riscv64"], "error: unknown arch 'riscv64' for image manylinux_2_36; choose one of: x86_64,"),
+    (["--image=manylinux_2_36"], "error: --image and --arch: give both (one canary job) or neither (the whole matrix)"),
+    (["--image=--help", "--arch=x86_64"], "error: unknown image '--help'; choose one of: manylinux2014,"),
+])  # fmt: skip
+def test_the_canary_takes_only_an_image_arch_of_images_yaml(args, expected):
+    proc = subprocess.run([sys.executable, "-m", "invoke", "matrix", *args], cwd=ROOT, capture_output=True, text=True,
+                          check=False, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.startswith(expected), proc.stderr
