@@ -102,7 +102,11 @@ def check_prerequisites(arch: str, needs_debootstrap: bool, host: str | None = N
         _tool(["docker", "buildx", "version"], "docker buildx version", tool_timeout(LOCAL_TIMEOUT))
     except EngineError:
         raise EngineError(f"the docker buildx plugin is missing or does not answer; {SETUP_HINT}") from None
-    qemu = None if runs_natively(arch, host or host_arch()) or not local_builder else QEMU_HANDLER[arch]
+    try:
+        host = host or host_arch()
+    except ValueError as exc:  # this machine's CPU is no build host we know
+        raise EngineError(str(exc)) from None
+    qemu = None if runs_natively(arch, host) or not local_builder else QEMU_HANDLER[arch]
     if qemu is not None:
         handler = BINFMT_DIR / qemu
         if not handler.exists():
