@@ -20,11 +20,11 @@ import requests.exceptions
 from invoke import Exit, task
 
 from manyforge import configure_answers as configure_answers_module
-from manyforge import pipeline
+from manyforge import pipeline, workflow
 from manyforge import policy as policy_module
 from manyforge import publish as publish_module
 from manyforge.arches import ARCHES
-from manyforge.engine import EngineError, build_cache_settings, scrub
+from manyforge.engine import EngineError, build_cache_settings, builder_name, scrub
 from manyforge.pipeline import shown
 from manyforge.policy import PolicyError
 from manyforge.render import render_dockerfile
@@ -146,6 +146,8 @@ def setup(c):
 
 
 SPEC_HELP = "matrix file (default: $MANYFORGE_SPEC, else images.yaml)"
+BUILD_HOST_HELP = "arch of the machine (or builder node) that builds: x86_64, aarch64, ... (default: this machine's)"
+BUILDER_HELP = "buildx builder to build on (default: the engine's own); the result is loaded into this engine"
 
 
 @task(help={"spec": SPEC_HELP})
@@ -185,17 +187,18 @@ def fetch(c, image=None, arch=None, origin="auto", from_dir=None, mirror=None, s
         "base": "base variant (default: the image's base)",
         "toolchain": "toolchain variant (default: the image's toolchain)",
         "output": "write here instead of build/dockerfiles/<image>_<arch>/Dockerfile; '-' for stdout",
+        "build_host": BUILD_HOST_HELP,
         "spec": SPEC_HELP,
     }
 )
 @_guard
-def render(c, image=None, arch="x86_64", base=None, toolchain=None, output=None, spec=None):
-    """Write the Dockerfile of one image×arch for inspection."""
+def render(c, image=None, arch="x86_64", base=None, toolchain=None, output=None, build_host=None, spec=None):
+    """Write the Dockerfile of one image×arch for inspection, as the build host would build it."""
     # Checked before any work: a directory, a socket or a name the system refuses.
     if output is not None and output != "-":
         pipeline.check_output(Path(output), "--output")
     s = _spec(spec)
-    target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain)[0]
+    target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain, build_host=build_host)[0]
     text = render_dockerfile(target)
     if output == "-":
         sys.stdout.write(text)
@@ -237,19 +240,22 @@ def packages_check(c, image=None, arch="x86_64", base=None, toolchain=None, spec
         "base": "base variant",
         "toolchain": "toolchain variant",
         "origin": "where missing inputs come from: auto, upstream or debian",
+        "builder": BUILDER_HELP,
+        "build_host": BUILD_HOST_HELP,
         "spec": SPEC_HELP,
     }
 )
 @_guard
-def build(c, image=None, arch="x86_64", python=None, base=None, toolchain=None, origin="auto", spec=None):
+def build(c, image=None, arch="x86_64", python=None, base=None, toolchain=None, origin="auto", builder=None, build_host=None, spec=None):
     """Build one image×arch (fetching its inputs first) and tag it <org>/<image>_<arch>:<YYYY.MM.DD>-<N>
     and :latest, e.g. manyforge/manylinux_2_36_x86_64 (a subset of --python adds -partial)."""
     build_cache_settings()  # a mistake in MANYFORGE_BUILD_CACHE(_PUSH) stops it before anything runs
+    builder_name(builder)
     s = _spec(spec)
     target = pipeline.targets_for(
-        s, _image(s, image), arch, base=base, toolchain=toolchain, interpreters=_list(python, "python")
+        s, _image(s, image), arch, base=base, toolchain=toolchain, interpreters=_list(python, "python"), build_host=build_host
     )[0]
-    pipeline.build(s, SourceCache(), target, origin=origin)
+    pipeline.build(s, SourceCache(), target, origin=origin, builder=builder)
 
 
 @task(
@@ -341,12 +347,28 @@ def policy(c, action, image=None, arch="x86_64", suite=None, output=None, dumps=
         raise Exit(f"error: unknown action {action!r}; choose one of: dump, derive, check", code=2)
 
 
-@task(help={"spec": SPEC_HELP, "images": "one entry per image instead of per image×arch (the workflow's index jobs)"})
+@task(
+    help={
+        "spec": SPEC_HELP,
+        "image": "canary: only this image (with --arch)",
+        "arch": "canary: only this arch of --image, in the native leg",
+        "estimates": "print each job's expected minutes and disk instead (the README's table)",
+    }
+)
 @_guard
-def matrix(c, spec=None, images=False):
-    """Print the image×arch build matrix as JSON (the GitHub workflow's matrix)."""
+def matrix(c, spec=None, image=None, arch=None, estimates=False):
+    """Print the GitHub workflow's matrix as JSON: one entry per image, each with its jobs in
+    two legs (`native`, then `cross`) and the runner of each (images.yaml's `runners`)."""
     s = _spec(spec)
-    entries = [{"image": name} for name in s.images] if images else pipeline.ci_matrix(s)
+    if estimates:
+        print("| image | arch | leg | minutes (main, cached) | minutes (pull request) | disk GB |")
+        print("|---|---|---|---|---|---|")
+        for name, a, leg, e in workflow.estimates(s):
+            print(f"| {name} | {a} | {leg} | {e.minutes_cached} | {e.minutes_uncached} | {e.disk_gb} |")
+        return
+    if (image is None) != (arch is None):
+        raise SpecError(["--image and --arch: give both (one canary job) or neither (the whole matrix)"])
+    entries = workflow.matrix(s) if image is None else workflow.canary(s, _image(s, image), arch)
     print(json.dumps({"include": entries}))
 
 
@@ -355,19 +377,22 @@ def matrix(c, spec=None, images=False):
         "image": "image of images.yaml (default: the one this machine builds)",
         "arch": "comma-separated architectures, the native one first (default: x86_64 and every emulated arch of the image)",
         "python": "comma-separated interpreter tags (default: all of the image)",
+        "builder": BUILDER_HELP,
+        "build_host": BUILD_HOST_HELP,
         "spec": SPEC_HELP,
     }
 )
 @_guard
-def benchmark(c, image=None, arch=None, python=None, spec=None):
+def benchmark(c, image=None, arch=None, python=None, builder=None, build_host=None, spec=None):
     """Build like a release from an empty build cache (native arch cold, then each emulated arch
     right after), rebuild each unchanged, and print times, sizes and emulated/native ratios."""
     build_cache_settings()  # as for build: before the build cache is emptied
+    builder_name(builder)
     s = _spec(spec)
     name = _image(s, image)
     arches = _list(arch, "arch") or ["x86_64"] + [a for a in s.image(name).archs if a not in ("x86_64", "i686")]
-    targets = [pipeline.targets_for(s, name, a, interpreters=_list(python, "python"))[0] for a in arches]
-    for entry in pipeline.benchmark(s, SourceCache(), targets):
+    targets = [pipeline.targets_for(s, name, a, interpreters=_list(python, "python"), build_host=build_host)[0] for a in arches]
+    for entry in pipeline.benchmark(s, SourceCache(), targets, builder=builder):
         print(
             f"{entry['target']}: {entry['interpreters']} interpreters, build {entry['build_s']} s "
             f"({entry['ratio_to_native']}x native), unchanged rebuild {entry['unchanged_rebuild_s']} s "

@@ -62,5 +62,40 @@ def configure_build(arch: str, libc: str) -> str | None:
     return "arm-linux-musleabihf" if libc == "musl" else "armv7l-unknown-linux-gnueabihf"
 
 
-NATIVE_ARCH = "x86_64"
+NATIVE_ARCH = "x86_64"  # the build host assumed where none is named (our machines, GitHub's x86_64 runners)
 RUNS_NATIVELY = {name for name, info in ARCHES.items() if info.qemu is None}
+
+# What a build host's CPU runs without QEMU: its own arch, and the 32-bit arch of the same family
+# where the CPU has a 32-bit mode (every x86_64 CPU runs i686 code; an arm64 CPU runs armv7l code
+# only where it implements AArch32 at EL0, which GitHub's arm64 runners do: see the README).
+HOST_RUNS: dict[str, frozenset[str]] = {
+    "x86_64": frozenset({"x86_64", "i686"}),
+    "aarch64": frozenset({"aarch64", "armv7l"}),
+    "ppc64le": frozenset({"ppc64le"}),
+    "s390x": frozenset({"s390x"}),
+    "riscv64": frozenset({"riscv64"}),
+}
+BUILD_HOSTS = tuple(HOST_RUNS)
+# binfmt handler of each arch when another host emulates it (qemu-user-static's names).
+QEMU_HANDLER: dict[str, str] = {
+    "x86_64": "qemu-x86_64", "i686": "qemu-i386", "aarch64": "qemu-aarch64", "ppc64le": "qemu-ppc64le",
+    "s390x": "qemu-s390x", "armv7l": "qemu-arm", "riscv64": "qemu-riscv64",
+}  # fmt: skip
+# platform.machine() of a build host, as the kernel names it, to our arch names.
+_MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64",
+             "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}  # fmt: skip
+
+
+def host_arch(machine: str | None = None) -> str:
+    """This machine's arch as a build host (`machine`: what uname -m says; default: this one's)."""
+    import platform
+
+    name = machine if machine is not None else platform.machine()
+    if name not in _MACHINES:
+        raise ValueError(f"a build host of {name[:40]!r} is not supported; build hosts: {', '.join(BUILD_HOSTS)}")
+    return _MACHINES[name]
+
+
+def runs_natively(arch: str, host: str) -> bool:
+    """Whether a build host of arch `host` runs `arch` code itself, with no QEMU."""
+    return arch in HOST_RUNS.get(host, frozenset())

@@ -37,7 +37,7 @@ import docker.errors
 import requests.exceptions
 
 import docker
-from manyforge.arches import ARCHES
+from manyforge.arches import ARCHES, QEMU_HANDLER, host_arch, runs_natively
 from manyforge.render import Target, bootstrap_base_ref
 from manyforge.sources import debootstrap_root
 from manyforge.spec import REPO_ROOT, Spec
@@ -93,14 +93,20 @@ def client() -> docker.DockerClient:
     return c
 
 
-def check_prerequisites(arch: str, needs_debootstrap: bool) -> None:
-    """Fail early, with the fix, when something the build needs is missing."""
+def check_prerequisites(arch: str, needs_debootstrap: bool, host: str | None = None, local_builder: bool = True) -> None:
+    """Fail early, with the fix, when something the build needs is missing. `host`: the build
+    host's arch (default: this machine's); `local_builder` False: the build runs on a builder
+    elsewhere (--builder), whose own emulation is its business."""
     client()
     try:
         _tool(["docker", "buildx", "version"], "docker buildx version", tool_timeout(LOCAL_TIMEOUT))
     except EngineError:
         raise EngineError(f"the docker buildx plugin is missing or does not answer; {SETUP_HINT}") from None
-    qemu = ARCHES[arch].qemu
+    try:
+        host = host or host_arch()
+    except ValueError as exc:  # this machine's CPU is no build host we know
+        raise EngineError(str(exc)) from None
+    qemu = None if runs_natively(arch, host) or not local_builder else QEMU_HANDLER[arch]
     if qemu is not None:
         handler = BINFMT_DIR / qemu
         if not handler.exists():
@@ -196,45 +202,157 @@ def build_cache_settings() -> tuple[str | None, bool]:
     return ref, CACHE_PUSH_VALUES[push_value]
 
 
-def _registry_cache(target: Target) -> list[str]:
-    """buildx options for a registry build cache: MANYFORGE_BUILD_CACHE=<registry>/<repository>
-    reads it (one tag per image×arch×variant), MANYFORGE_BUILD_CACHE_PUSH=1 also writes it.
-    Registry caches need a docker-container builder, which is made on first use; that builder
-    cannot see the engine's local images, so images on a bootstrapped base build without it."""
-    ref, push = build_cache_settings()
-    if ref is None:
-        return []
-    if target.base.debootstrap:
-        print(f"==> {target.slug}: its base is bootstrapped here; building without the registry cache", file=sys.stderr)
-        return []
+# A buildx builder's name (`docker buildx create --name`, `docker buildx ls`): it reaches buildx
+# only as `--builder=NAME`, so it may not start with `-`; no `,`, `=` or space either.
+BUILDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+BUILDER_DRIVERS = ("docker", "docker-container", "remote", "kubernetes")
+
+
+@dataclass(frozen=True)
+class Builder:
+    """The buildx builder a build runs on. `name` None: the engine's own (default) builder."""
+
+    name: str | None
+    driver: str
+    # The docker driver writes a registry cache, and sees the engine's images, only on an engine
+    # whose image store is containerd's; every other driver writes caches but sees no local image.
+    containerd_store: bool = False
+    # A docker-driver builder is a docker context's engine: buildx takes it only as
+    # `docker --context=NAME buildx ...` (it refuses --builder for a context other than the current).
+    context: str | None = None
+
+    @property
+    def exports_cache(self) -> bool:
+        return self.driver != "docker" or self.containerd_store
+
+    @property
+    def sees_local_images(self) -> bool:
+        return self.driver == "docker"
+
+    @property
+    def argv(self) -> list[str]:
+        """buildx's options that choose this builder."""
+        return [f"--builder={self.name}"] if self.name and self.driver != "docker" else []
+
+    @property
+    def docker_argv(self) -> list[str]:
+        """The docker CLI's options that choose it (a docker-driver builder's context)."""
+        return [f"--context={self.context}"] if self.name and self.driver == "docker" and self.context else []
+
+
+def builder_name(value: str | None, what: str = "--builder") -> str | None:
+    """A builder name as an option gives it, validated (None: the engine's default builder)."""
+    if value is None:
+        return None
+    if not BUILDER_NAME.fullmatch(value):
+        raise EngineError(
+            f"{what} {scrub(value)[:64]!r}: not a buildx builder name (ASCII letters, digits, _ . -, "
+            "starting with a letter or digit, at most 63 characters); see `docker buildx ls`"
+        )
+    return value
+
+
+def inspect_builder(name: str | None) -> Builder:
+    """Ask buildx for a builder's driver (the default builder's when `name` is None)."""
+    name = builder_name(name)
+    what = f"docker buildx inspect {name or '(default builder)'}"
     try:
-        _tool(["docker", "buildx", "inspect", CACHE_BUILDER], f"docker buildx inspect {CACHE_BUILDER}", tool_timeout(LOCAL_TIMEOUT))
-    except EngineError:  # made on first use; --bootstrap pulls BuildKit's image
-        _tool(["docker", "buildx", "create", "--name", CACHE_BUILDER, "--driver", "docker-container", "--bootstrap"],
-              "buildx create", tool_timeout(PUSH_TIMEOUT))  # fmt: skip
+        out = _tool(["docker", "buildx", "inspect", *(["--", name] if name else [])], what, tool_timeout(LOCAL_TIMEOUT))
+    except EngineError as exc:
+        if name is None:
+            raise
+        raise EngineError(f"--builder {name}: no buildx builder of that name answers ({exc}); `docker buildx ls` lists them") from None
+    fields = dict(re.findall(r"^([A-Za-z ]+):[ \t]+(\S+)", out, re.M))
+    driver = fields.get("Driver", "")
+    if driver not in BUILDER_DRIVERS:
+        raise EngineError(f"{what}: unknown driver {driver[:40]!r}; expected one of: {', '.join(BUILDER_DRIVERS)}")
+    containerd = False
+    if driver == "docker":
+        # The engine this builder is: the docker context named as its endpoint.
+        context = fields.get("Endpoint", "default")
+        if not BUILDER_NAME.fullmatch(context):
+            raise EngineError(f"{what}: endpoint {context[:64]!r} is not a docker context name")
+        status = _tool(["docker", f"--context={context}", "info", "--format", "{{json .DriverStatus}}"],
+                       f"docker --context={context} info", tool_timeout(LOCAL_TIMEOUT))  # fmt: skip
+        containerd = "io.containerd.snapshotter" in status
+    return Builder(name, driver, containerd, fields.get("Endpoint") if driver == "docker" else None)
+
+
+def cache_options(builder: Builder, target: Target, ref: str | None, push: bool, default_builder: bool) -> list[str]:
+    """buildx options for the build of `target` on `builder` with the registry cache `ref`
+    (MANYFORGE_BUILD_CACHE; one tag per image×arch×variant), written too when `push`.
+
+    A cross-compiled target also reads the cache of its build host's image, whose stages it
+    contains verbatim. A builder that cannot export a cache (the docker driver on the classic
+    image store) only reads it. `default_builder`: no --builder was given, so a builder that
+    can may be chosen: the engine's own when it can export, else a docker-container builder
+    made on first use (CACHE_BUILDER), which cannot see a base bootstrapped into the engine."""
+    args = list(builder.argv)
+    if ref is None:
+        return args
+    if default_builder and not builder.exports_cache:
+        if target.base.debootstrap:
+            print(f"==> {target.slug}: its base is bootstrapped into the engine, which a docker-container builder "
+                  "cannot see; building without the registry cache", file=sys.stderr)  # fmt: skip
+            return args
+        builder = Builder(CACHE_BUILDER, "docker-container")
+        args = list(builder.argv)
     cache = f"type=registry,ref={ref}:{target.slug}"
-    args = ["--builder", CACHE_BUILDER, "--cache-from", cache]
-    if target.cross_compiles:  # its native_* stages are the native image's: read that cache too
+    args += ["--cache-from", cache]
+    if target.cross_compiles:
         args += ["--cache-from", f"type=registry,ref={ref}:{target.native().slug}"]
-    if push:
+    if push and builder.exports_cache:
         args += ["--cache-to", f"{cache},mode=max"]
+    elif push:
+        print(f"==> {target.slug}: builder {builder.name or 'default'} (docker driver, classic image store) "
+              "cannot write a registry cache; only reading it", file=sys.stderr)  # fmt: skip
     return args
+
+
+def check_builder(builder: Builder, target: Target) -> None:
+    """Refuse, before anything is built, what the builder cannot build."""
+    if target.base.debootstrap and not builder.sees_local_images:
+        raise EngineError(
+            f"{target.slug}: its base is bootstrapped into the local engine, which builder {builder.name} "
+            f"({builder.driver} driver) cannot see; use a docker-driver builder for Debian-based images"
+        )
+
+
+def _registry_cache(target: Target, builder_name_: str | None) -> tuple[list[str], list[str]]:
+    """The docker CLI's and buildx's options of one build: the builder and the cache (see
+    cache_options)."""
+    ref, push = build_cache_settings()
+    builder = inspect_builder(builder_name_) if builder_name_ or ref else Builder(None, "docker")
+    if builder_name_:
+        check_builder(builder, target)
+    args = cache_options(builder, target, ref, push, default_builder=builder_name_ is None)
+    if f"--builder={CACHE_BUILDER}" in args:
+        try:
+            _tool(["docker", "buildx", "inspect", CACHE_BUILDER], f"docker buildx inspect {CACHE_BUILDER}", tool_timeout(LOCAL_TIMEOUT))
+        except EngineError:  # made on first use; --bootstrap pulls BuildKit's image
+            _tool(["docker", "buildx", "create", "--name", CACHE_BUILDER, "--driver", "docker-container", "--bootstrap"],
+                  "buildx create", tool_timeout(PUSH_TIMEOUT))  # fmt: skip
+    return builder.docker_argv, args
 
 
 @_docker_api
 def build(
-    target: Target, context: Path, log_dir: Path, no_cache: bool = False, stop: threading.Event | None = None
+    target: Target, context: Path, log_dir: Path, no_cache: bool = False, stop: threading.Event | None = None,
+    builder: str | None = None,
 ) -> BuildResult:
     """Build a prepared context with buildx for the target's platform and tag it (the caller
-    has run check_prerequisites). Setting `stop` ends buildx within seconds (EngineError)."""
+    has run check_prerequisites). Setting `stop` ends buildx within seconds (EngineError).
+    `builder`: a buildx builder's name (default: the engine's own); its result is loaded into
+    the local engine, where the tests and publish find it."""
     for arch in target.bootstrap_arches:
         ensure_bootstrap_base(target.spec, target.base_name, arch)
     log = log_dir / f"{target.slug}.log"
     suffix = target.tag_suffix
     build_ref = f"{target.repository}:build{suffix}"
+    docker_args, buildx_args = _registry_cache(target, builder)
     cmd = [
-        "docker", "buildx", "build", "--platform", target.platform, "--progress", "plain", "--load",
-        "--tag", build_ref, *(["--no-cache"] if no_cache else []), *_registry_cache(target), "--", str(context),
+        "docker", *docker_args, "buildx", "build", "--platform", target.platform, "--progress", "plain", "--load",
+        "--tag", build_ref, *(["--no-cache"] if no_cache else []), *buildx_args, "--", str(context),
     ]  # fmt: skip
     print(f"==> building {target.slug} ({target.platform}); log: {log}", file=sys.stderr)
     started = time.monotonic()
@@ -296,9 +414,12 @@ def _stop_build(proc: subprocess.Popen, reader: threading.Thread) -> None:
         _stop_group(proc)
 
 
-def prune_build_cache() -> None:
-    """Empty BuildKit's cache (images in the engine's store, such as bootstrapped bases, stay)."""
-    _tool(["docker", "buildx", "prune", "--all", "--force"], "buildx prune", BUILD_TIMEOUT)
+def prune_build_cache(builder: str | None = None) -> None:
+    """Empty BuildKit's cache (images in the engine's store, such as bootstrapped bases, stay)
+    of the engine's builder, or of the builder named."""
+    chosen = inspect_builder(builder) if builder else Builder(None, "docker")
+    argv = ["docker", *chosen.docker_argv, "buildx", "prune", *chosen.argv, "--all", "--force"]
+    _tool(argv, "buildx prune", BUILD_TIMEOUT)
 
 
 def probe_build(context: Path, platform: str) -> tuple[int, str]:
@@ -335,9 +456,9 @@ def export_stage(target: Target, context: Path, stage: str, dest: Path, log_dir:
 def qemu_version(arch: str) -> str:
     """The version line of the QEMU that runs `arch`'s programs here (its binfmt handler's
     interpreter), for the provenance of what was found by running them."""
-    handler = ARCHES[arch].qemu
-    if handler is None:
+    if runs_natively(arch, host_arch()):
         return "none: the host runs it natively"
+    handler = QEMU_HANDLER[arch]
     try:
         fields = dict(line.split(" ", 1) for line in (BINFMT_DIR / handler).read_text().splitlines() if " " in line)
         # (a -binfmt-P name links to the emulator, which answers --version only by its own name)

@@ -240,15 +240,18 @@ def _fetch_sources(spec: Spec, cache: SourceCache, targets: list[Target], origin
 
 def build(
     spec: Spec, cache: SourceCache, target: Target, origin: str = "auto", no_cache: bool = False,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, builder: str | None = None,
 ) -> engine.BuildResult:
     """fetch → context → buildx; nothing is left half-done: the context is rewritten each time.
-    Setting `stop` ends the build (engine.build)."""
+    Setting `stop` ends the build (engine.build); `builder` names a buildx builder to build on."""
     engine.build_cache_settings()  # a mistake in MANYFORGE_BUILD_CACHE(_PUSH): before the fetch and the base
-    engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
+    engine.builder_name(builder)
+    engine.check_prerequisites(
+        target.arch, needs_debootstrap=target.base.debootstrap is not None, host=target.build_host, local_builder=builder is None
+    )
     target = fetch(spec, cache, [target], origin=origin)[0]
     context = write_context(target, cache, BUILD_DIR / "contexts" / target.slug)
-    result = engine.build(target, context, BUILD_DIR / "logs", no_cache=no_cache, stop=stop)
+    result = engine.build(target, context, BUILD_DIR / "logs", no_cache=no_cache, stop=stop, builder=builder)
     log(f"built {target.slug} in {result.seconds:.0f}s: {', '.join(result.tags)}")
     return result
 
@@ -301,7 +304,7 @@ def packages_check(target: Target) -> list[tuple[str, str]]:
     """The declared packages the base's repositories (set up as the image sets them up) lack,
     as (repositories, package): the image's own, and for a cross-compiled image those of its
     cross stage too, which the build host's repositories must offer."""
-    engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
+    engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None, host=target.build_host)
     for arch in target.bootstrap_arches:
         engine.ensure_bootstrap_base(target.spec, target.base_name, arch)
     missing: set[tuple[str, str]] = set()
@@ -319,27 +322,30 @@ def packages_check(target: Target) -> list[tuple[str, str]]:
     return sorted(missing)
 
 
-def benchmark(spec: Spec, cache: SourceCache, targets: list[Target]) -> list[dict[str, float | str]]:
+def benchmark(spec: Spec, cache: SourceCache, targets: list[Target], builder: str | None = None) -> list[dict[str, float | str]]:
     """Build as a release does, from an empty BuildKit cache: the first target (the native
     arch) cold, then each other one right after, reusing only what it shares with the builds
     before it (the native stages its cross stages start from); then each again with nothing
     changed. Bootstrapping a base is not counted. The figures the speed targets are judged by."""
     engine.build_cache_settings()  # before any base is bootstrapped or the cache emptied
+    engine.builder_name(builder)
     for target in targets:
-        engine.check_prerequisites(target.arch, needs_debootstrap=target.base.debootstrap is not None)
+        engine.check_prerequisites(
+            target.arch, needs_debootstrap=target.base.debootstrap is not None, host=target.build_host, local_builder=builder is None
+        )
         for arch in target.bootstrap_arches:
             engine.ensure_bootstrap_base(spec, target.base_name, arch)
     log("emptying BuildKit's cache: every build below starts cold but for what an earlier one built")
-    engine.prune_build_cache()
+    engine.prune_build_cache(builder)
     figures: list[dict[str, float | str]] = []
     for target in targets:
-        result = build(spec, cache, target)
+        result = build(spec, cache, target, builder=builder)
         figures.append({
             "target": target.slug, "interpreters": len(target.interpreters), "build_s": round(result.seconds, 1),
             "image_size_mb": round(engine.image_size(result.tags[0]) / 1e6, 1),
         })  # fmt: skip
     for entry, target in zip(figures, targets, strict=True):
-        again = build(spec, cache, target)
+        again = build(spec, cache, target, builder=builder)
         entry["unchanged_rebuild_s"] = round(again.seconds, 1)
         entry["rebuild_percent_of_build"] = round(100 * again.seconds / float(entry["build_s"]), 2)
         entry["ratio_to_native"] = round(float(entry["build_s"]) / float(figures[0]["build_s"]), 2)
@@ -354,23 +360,6 @@ def targets_for(spec: Spec, image: str | None, arch: str | None, **choices) -> l
         for name in names
         for a in ([arch] if arch is not None else spec.image(name).archs)
     ]
-
-
-def ci_matrix(spec: Spec) -> list[dict[str, str]]:
-    """Every image×arch, and every base or toolchain variant on the arches its base has, for the
-    GitHub workflow's build matrix (`variant` is empty for what a release publishes)."""
-    out = []
-    for name, image in spec.images.items():
-        choices = [(image.base, image.toolchain)] + [(b, image.toolchain) for b in image.base_variants]
-        choices += [(image.base, t) for t in image.toolchain_variants]
-        for base, toolchain in choices:
-            for arch in image.archs:
-                if arch not in spec.data.bases[base].archs:
-                    continue
-                t = resolve_target(spec, name, arch, base=base, toolchain=toolchain)
-                out.append({"image": name, "arch": arch, "base": base, "toolchain": toolchain, "slug": t.slug,
-                            "variant": t.variant_suffix})  # fmt: skip
-    return out
 
 
 # --- policies -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 
 from manyforge import configure_answers
-from manyforge.arches import ARCHES, NATIVE_ARCH, RUNS_NATIVELY, configure_build, python_multiarch
+from manyforge.arches import ARCHES, BUILD_HOSTS, configure_build, host_arch, python_multiarch, runs_natively
 from manyforge.quoting import template_environment
 from manyforge.sources import Pin, SourceCache, cpython_pin, library_pins, stage_files, wheel_pins
 from manyforge.spec import REPO_ROOT, Base, DownloadFile, Image, LockedFile, Spec, SpecError, Toolchain
@@ -58,6 +58,9 @@ class Target:
     # Interpreters built from a declared fallback because no origin of this site serves their
     # pinned release: (tag, version) pairs, set by the fetch stage.
     fallbacks: tuple[tuple[str, str], ...] = ()
+    # The arch of the machine (or builder node) that runs the build: what it runs natively is
+    # built natively, everything else cross-compiled or emulated (see cross_compiles).
+    build_host: str = "x86_64"
 
     def with_cpython(self, used: dict[str, str]) -> Target:
         """This target building the given CPython release per interpreter tag."""
@@ -123,23 +126,30 @@ class Target:
 
     @property
     def cross_compiles(self) -> bool:
-        """Emulated targets build CPython and its libraries in stages that run on the build
-        host's CPU, next to the same image's own native build (see Dockerfile.j2)."""
+        """Targets the build host cannot run itself build CPython and its libraries in stages
+        that run on the build host's CPU, next to the same image's own build for the build host
+        (see Dockerfile.j2); the rest of them runs under QEMU. Where the image or its base has no
+        build for the build host's arch, or the base cannot be cross-built for it, all of it does."""
         return (
-            self.arch not in RUNS_NATIVELY and self.arch not in self.base.emulated
-            and NATIVE_ARCH in self.image.archs and NATIVE_ARCH in self.base.archs
+            not runs_natively(self.arch, self.build_host) and self.arch not in self.base.emulated
+            and self.build_host in self.image.archs and self.build_host in self.base.archs
         )  # fmt: skip
+
+    @property
+    def emulated(self) -> bool:
+        """Whether anything of this build runs under QEMU on its build host."""
+        return not runs_natively(self.arch, self.build_host)
 
     def native(self) -> Target:
         """The same image, variant and interpreters for the build host's architecture."""
-        return replace(self, arch=NATIVE_ARCH)
+        return replace(self, arch=self.build_host)
 
     @property
     def bootstrap_arches(self) -> list[str]:
         """Debootstrapped bases this build needs: its own, and the host's for the cross stage."""
         if not self.base.debootstrap:
             return []
-        return [self.arch] + ([NATIVE_ARCH] if self.cross_compiles else [])
+        return [self.arch] + ([self.build_host] if self.cross_compiles else [])
 
     def interpreter_builds(self) -> list[InterpreterBuild]:
         out = []
@@ -199,8 +209,10 @@ def resolve_target(
     base: str | None = None,
     toolchain: str | None = None,
     interpreters: list[str] | None = None,
+    build_host: str | None = None,
 ) -> Target:
-    """Check command-line choices against the spec; errors list what is allowed."""
+    """Check command-line choices against the spec; errors list what is allowed. `build_host`
+    is the arch of the machine that builds (default: this one)."""
     image = spec.image(image_name)
     problems = []
     if arch not in image.archs:
@@ -221,12 +233,19 @@ def resolve_target(
             )
         wanted = set(interpreters) | {image.tools_interpreter}
         chosen = tuple(t for t in image.interpreters if t in wanted)
+    if build_host is None:
+        try:
+            build_host = host_arch()
+        except ValueError as exc:
+            problems.append(str(exc))
+    elif build_host not in BUILD_HOSTS:
+        problems.append(f"unknown build host {build_host[:40]!r}; choose one of: {', '.join(BUILD_HOSTS)}")
     if problems:
         raise SpecError(problems)
     base_name = base or image.base
     if arch not in spec.data.bases[base_name].archs:
         raise SpecError([f"base {base_name} has no {arch}; it has: {', '.join(spec.data.bases[base_name].archs)}"])
-    return Target(spec, image_name, arch, base_name, toolchain or image.toolchain, chosen)
+    return Target(spec, image_name, arch, base_name, toolchain or image.toolchain, chosen, build_host=build_host or "x86_64")
 
 
 @functools.cache
@@ -358,8 +377,8 @@ def stage_context(target: Target) -> dict:
         "libraries": target.library_builds(),
         "configure_build": configure_build(target.arch, target.image.libc.name),
         # A 32-bit target on the 64-bit host of its own CPU family: every step under linux32.
-        "personality": "linux32" if ARCHES[target.arch].host64 == NATIVE_ARCH else None,
-        "personality_host": NATIVE_ARCH,
+        "personality": "linux32" if ARCHES[target.arch].host64 == target.build_host else None,
+        "personality_host": target.build_host,
         "interpreters": builds,
         "tools_interpreter": next(b for b in builds if b.tag == target.image.tools_interpreter),
     }
@@ -388,7 +407,10 @@ def cross_compiler(target: Target) -> dict:
         out["packages"] = [f"{p}:{arch}" for p in ["libc6-dev", *build_packages(target)] if p not in host_tools]
     if target.toolchain.cross:
         version = target.toolchain.cross.rsplit("-", 1)[-1]
-        out["packages"] = [f"{target.toolchain.cross}-{gnu}", f"g++-{version}-{gnu}", *out["packages"]]
+        # Debian's package names spell the triplet with `-` for `_` (gcc-12-x86-64-linux-gnu, the
+        # cross compiler to x86_64 that an arm64 build host installs); the commands keep it.
+        pkg = gnu.replace("_", "-")
+        out["packages"] = [f"{target.toolchain.cross}-{pkg}", f"g++-{version}-{pkg}", *out["packages"]]
         return {**out, "cc": f"{gnu}-gcc-{version}", "cxx": f"{gnu}-g++-{version}", "tools": f"{gnu}-"}
     clang = family["cross_clang"]
     # clang finds the target's GCC installation (crt files, libgcc) by the triplet it was built

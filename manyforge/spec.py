@@ -266,6 +266,20 @@ class Image(_Model):
     downloadable: tuple[InterpreterTag, ...] = ()  # offered by `manylinux-interpreters ensure`
 
 
+# A runner label as `runs-on` takes it (GitHub's hosted labels, or a self-hosted runner's).
+RunnerLabel = Annotated[str, StringConstraints(strict=True, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+BuildHost = Literal["x86_64", "aarch64", "ppc64le", "s390x", "riscv64"]  # arches.BUILD_HOSTS
+
+
+class Runner(_Model):
+    """A kind of machine the GitHub workflow builds on: its labels, its CPU's arch, and which
+    arches of the images it builds (natively where its CPU runs them, else cross-compiled)."""
+
+    labels: tuple[RunnerLabel, ...] = Field(min_length=1)
+    arch: BuildHost
+    builds: tuple[Arch, ...] = Field(min_length=1)
+
+
 class SpecFile(_Model):
     org: RefName
     cpython: dict[Version, CPythonSource]
@@ -277,6 +291,8 @@ class SpecFile(_Model):
     bases: dict[VariantName, Base]  # variant names become part of image tags and base image names
     toolchains: dict[VariantName, Toolchain]
     images: dict[RefName, Image] = Field(min_length=1)
+    # Which runner of the GitHub workflow builds which arch (manyforge/workflow.py).
+    runners: dict[VariantName, Runner] = {}
 
 
 class LockedFile(_Model):
@@ -715,6 +731,7 @@ def _cross_check(
         for arch in toolchain.repo_files:
             if not any(arch in i.archs for i in consumers):
                 problems.append(f"{f}: toolchains.{tc_name}.repo_files.{arch}: no image using the toolchain has {arch}")
+    problems += _runner_problems(f, spec)
     seen_policies: dict[str, str] = {}
     for name, image in spec.images.items():
         if image.policy in seen_policies:
@@ -722,6 +739,24 @@ def _cross_check(
                 f"{f}: images.{name}.policy: {image.policy} is already produced by image {seen_policies[image.policy]!r}"
             )
         seen_policies[image.policy] = name
+    return problems
+
+
+def _runner_problems(f: str, spec: SpecFile) -> list[str]:
+    """Each arch is built by one runner, and every arch an image has by some runner."""
+    problems: list[str] = []
+    if not spec.runners:
+        return problems
+    builder: dict[str, str] = {}
+    for name, runner in spec.runners.items():
+        for arch in runner.builds:
+            if arch in builder:
+                problems.append(f"{f}: runners.{name}.builds: {arch} is already built by runner {builder[arch]!r}")
+            builder.setdefault(arch, name)
+    for name, image in spec.images.items():
+        for i, arch in enumerate(image.archs):
+            if arch not in builder:
+                problems.append(f"{f}: images.{name}.archs[{i}]: no runner builds {arch}; add it to the builds of one of: {', '.join(spec.runners)}")
     return problems
 
 

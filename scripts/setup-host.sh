@@ -10,6 +10,30 @@ state_dir=${MANYFORGE_STATE_DIR:-/var/cache/manyforge}
 plugin_dir=/usr/local/lib/docker/cli-plugins
 log() { printf '==> %s\n' "$*" >&2; }
 
+# Debian 12 only: everything below installs Debian 12's packages and Debian trixie's release
+# tools into it. Anywhere else it would mix distributions (on GitHub's Ubuntu runners it would
+# put docker.io over their docker-ce and ask Ubuntu's mirror for Debian suites), so it refuses.
+# `--check` only says whether this host is one it sets up. MANYFORGE_OS_RELEASE: for the tests.
+os_release=${MANYFORGE_OS_RELEASE:-/etc/os-release}
+# A field of os-release, read (not sourced): KEY=value or KEY="value".
+os_field() { [[ -r $os_release ]] || return 0; sed -n "s/^$1=//p" "$os_release" | head -n1 | tr -d "\"'"; }
+os_id=$(os_field ID)
+os_version=$(os_field VERSION_ID)
+os_name=$(os_field PRETTY_NAME)
+if [[ $os_id != debian || $os_version != 12 ]]; then
+    echo "error: $0 sets up Debian 12 hosts; this one is ${os_name:-unknown (no $os_release)}." >&2
+    if [[ ${GITHUB_ACTIONS:-} == true ]]; then
+        echo "error: on a GitHub runner, run scripts/setup-runner.sh: it uses the runner's own Docker and buildx." >&2
+    else
+        echo "error: install Docker, buildx, QEMU's binfmt handlers (fix-binary flag) and debootstrap yourself, or use a Debian 12 machine." >&2
+    fi
+    exit 1
+fi
+if [[ ${1:-} == --check ]]; then
+    echo "debian12: $0 sets up this host"
+    exit 0
+fi
+
 if [[ $(id -u) -ne 0 ]]; then
     echo "error: $0 must run as root (it installs packages and starts dockerd)" >&2
     exit 1
