@@ -119,8 +119,18 @@ libdir=$(find "$prefix/lib" -maxdepth 1 -name 'python3.*' -type d | head -n1)
 rm -f "$prefix"/lib/libpython*.a "$libdir"/config-*/libpython*.a
 find "$libdir" -name '*.opt-[12].pyc' -delete
 # The test suite goes; the `test` package's support code stays, as in pypa's images: projects'
-# own test suites import test.support.
-find "$libdir/test" -mindepth 1 -maxdepth 1 ! -name __init__.py ! -name support -exec rm -rf {} +
+# own test suites import test.support. (From 3.11 on, --disable-test-modules installs no test
+# package at all: its support code comes from the source tree, byte-compiled like the rest.)
+if [[ -d $libdir/test ]]; then
+    find "$libdir/test" -mindepth 1 -maxdepth 1 ! -name __init__.py ! -name support -exec rm -rf {} +
+else
+    mkdir "$libdir/test"
+    cp Lib/test/__init__.py "$libdir/test/"
+    cp -R Lib/test/support "$libdir/test/support"
+    # a cross build's own interpreter cannot run here: its native twin (same release) compiles
+    if [[ -n ${MANYFORGE_CROSS:-} ]]; then compiler=python3; else compiler=$prefix/bin/python3; fi
+    "$compiler" -m compileall -q "$libdir/test" >/dev/null
+fi
 find "$libdir" -depth -type d \( -name test -o -name tests -o -name idle_test \) \
     ! -path "$libdir/test" ! -path '*/site-packages/*' -exec rm -rf {} +
 find "$prefix" -type f \( -name '*.so' -o -path "$prefix/bin/*" \) -print0 | xargs -0 file \
