@@ -215,7 +215,7 @@ def _fetch_sources(spec: Spec, cache: SourceCache, targets: list[Target], origin
 
     resolved = []
     for target in targets:
-        for pin in library_pins(spec, target.base.libraries):
+        for pin in [*library_pins(spec, target.base.libraries), *target.compiler_pins()]:
             if (error := get(pin)) is not None:
                 raise SourceError(error)
         used = {}

@@ -469,6 +469,13 @@ def library_pins(spec: Spec, names: Iterable[str]) -> list[Pin]:
     return [Pin(libs[n].filename, libs[n].sha256, libs[n].url, libs[n].debian) for n in names]  # type: ignore[index]
 
 
+def static_clang_pins(spec: Spec, build_hosts: Iterable[str]) -> list[Pin]:
+    """The static clang+LLD archive of each build host (images.yaml `static_clang`)."""
+    release = spec.data.static_clang
+    files = release.files if release else {}
+    return [Pin(files[h].filename, files[h].sha256, files[h].url) for h in build_hosts if h in files]  # type: ignore[index]
+
+
 def wheel_pins(spec: Spec, image: Image, arch: str) -> list[LockedFile]:
     """The locked wheels one image×arch installs: its tools and their dependencies."""
     return list(spec.wheels.get(spec.wheel_platform(image, arch), ()))
@@ -480,7 +487,8 @@ def frontend_pins(spec: Spec, tags: Iterable[str]) -> list[LockedFile]:
 
 
 def all_pins(spec: Spec) -> list[Pin]:
-    pins = {p.filename: p for p in [*(cpython_pin(spec, v) for v in spec.data.cpython), *library_pins(spec, spec.data.libraries)]}
+    clang = static_clang_pins(spec, spec.data.static_clang.files if spec.data.static_clang else ())
+    pins = {p.filename: p for p in [*(cpython_pin(spec, v) for v in spec.data.cpython), *library_pins(spec, spec.data.libraries), *clang]}
     for files in [*spec.wheels.values(), *spec.frontend.values()]:
         for w in files:
             pins[w.filename] = Pin(w.filename, w.sha256)
