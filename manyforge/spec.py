@@ -217,6 +217,14 @@ class StaticClang(_Model):
     sha256sums: Sha256
     files: dict[BuildHost, StaticClangFile] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _one_release(self) -> StaticClang:
+        """Every archive is a file of the one release (its sha256sums.txt lists them)."""
+        directories = {f.url.rsplit("/", 1)[0] for f in self.files.values()}
+        if len(directories) > 1:
+            raise ValueError(f"files: every archive must be a file of the one release; found {len(directories)} directories")
+        return self
+
     @property
     def lld(self) -> tuple[int, int]:
         """The LLD it carries (major, minor)."""

@@ -7,6 +7,7 @@ cannot be reached here: the real check is the GitHub workflow's). No Docker."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 
 import pytest
@@ -14,7 +15,7 @@ import yaml
 
 from manyforge.arches import LLD_LINKS_SINCE
 from manyforge.render import Target, cross_compiler, packages_checks, render_dockerfile, resolve_target
-from manyforge.sources import all_pins
+from manyforge.sources import Pin, SourceCache, SourceError, all_pins, check_static_clang_listed, static_clang_sums_pin
 from manyforge.spec import DEFAULT_SPEC, Spec, SpecError, load_spec, spec_from_data
 
 SPEC = load_spec()
@@ -111,6 +112,25 @@ def test_only_the_build_hosts_archive_is_mounted_and_every_archive_can_be_seeded
         assert seeded[f.filename] == f.sha256
 
 
+def test_the_archives_pins_are_checked_against_the_releases_sha256sums(tmp_path):
+    """pypa pins the release's sha256sums.txt, not the archives: `invoke fetch` fetches that file
+    by pypa's sha256 too and refuses an archive pin it does not list."""
+    sums = static_clang_sums_pin(SPEC)
+    assert sums is not None and sums.sha256 == "8b399744aeb49c70048b379b9b3ffc651d86fde808551c8cc4138c4fadc5308e"
+    assert sums.url == "https://github.com/mayeut/static-clang-images/releases/download/v22.1.8.1/sha256sums.txt"
+    assert sums.filename in {p.filename for p in all_pins(SPEC)}
+    archive = resolve_target(SPEC, "manylinux_2_34", "s390x", build_host="x86_64").compiler_pins()[0]
+    text = f"{'1' * 64}  static-clang-linux-386.tar.xz\n{archive.sha256}  {archive.filename}\n".encode()
+    (tmp_path / "sums").write_bytes(text)
+    fake = Pin(sums.filename, hashlib.sha256(text).hexdigest(), sums.url)
+    cache = SourceCache(tmp_path / "cache")
+    with cache.filling():
+        cache.add_file(fake, tmp_path / "sums")
+    check_static_clang_listed(cache, fake, [archive])
+    with pytest.raises(SourceError, match="static-clang-linux-amd64.tar.xz: its pinned sha256 is not the one"):
+        check_static_clang_listed(cache, fake, [Pin(archive.filename, "2" * 64, archive.url)])
+
+
 def test_the_debian_images_keep_debians_cross_gcc():
     target = resolve_target(SPEC, "manylinux_2_36", "s390x", build_host="x86_64")
     cross = cross_compiler(target)
@@ -187,6 +207,8 @@ def test_a_build_host_with_no_pinned_archive_is_refused_with_what_is_pinned():
     (lambda raw: raw["static_clang"]["files"]["x86_64"].update(sha256="0" * 63), "static_clang.files.x86_64.sha256"),
     (lambda raw: raw["static_clang"]["files"]["x86_64"].update(url="https://example.org/clang.zip"), "static_clang.files.x86_64.url"),
     (lambda raw: raw["static_clang"].update(version="22.1.8.1; curl"), "static_clang.version"),
+    (lambda raw: raw["static_clang"]["files"]["s390x"].update(url="https://github.com/other/x/static-clang-linux-s390x.tar.xz"),
+     "static_clang: files: every archive must be a file of the one release"),
 ])  # fmt: skip
 def test_the_route_is_validated(edit, expected):
     assert expected in problems(edit)
