@@ -99,3 +99,20 @@ def host_arch(machine: str | None = None) -> str:
 def runs_natively(arch: str, host: str) -> bool:
     """Whether a build host of arch `host` runs `arch` code itself, with no QEMU."""
     return arch in HOST_RUNS.get(host, frozenset())
+
+# The first LLD release that links each arch's ELF objects (a cross stage's clang links with
+# LLD, whichever clang it is). A clang route whose LLD is older cannot cross-build that arch:
+# the render refuses it (render.cross_compiler) instead of a build failing hours later.
+#   s390x   18: SystemZ support landed in llvm/llvm-project#75643 (fe3406e3, on release/18.x;
+#               "[lld] Add target support for SystemZ (s390x)"; llvm/llvm-project#57097 before it).
+#   riscv64 15: LLD before 15 implements no RISC-V linker relaxation and refuses the
+#               R_RISCV_ALIGN relocations that GCC's and clang's default -mrelax objects carry
+#               (relaxation: reviews.llvm.org/D127581, LLVM 15).
+#   the others 3.9: LLD 3.9's release notes name x86, x86-64, PowerPC/PPC64 and ARM/Thumb
+#               (releases.llvm.org/3.9.0/tools/lld/docs/ReleaseNotes.html); AArch64 is in
+#               lld/ELF from the same time. Not a claim of maturity: CentOS 7's LLD 7 on ppc64le
+#               is exactly what issue 20 replaces.
+LLD_LINKS_SINCE: dict[str, tuple[int, int]] = {
+    "x86_64": (3, 9), "i686": (3, 9), "aarch64": (3, 9), "ppc64le": (3, 9), "armv7l": (3, 9),
+    "s390x": (18, 0), "riscv64": (15, 0),
+}  # fmt: skip

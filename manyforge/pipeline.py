@@ -30,12 +30,14 @@ from manyforge.sources import (
     SourceCache,
     SourceError,
     all_pins,
+    check_static_clang_listed,
     cpython_pin,
     debootstrap_root,
     fetch_frontend,
     fetch_pin,
     fetch_wheels,
     library_pins,
+    static_clang_sums_pin,
 )
 from manyforge.spec import REPO_ROOT, Spec, SpecError, Suite, strict_json
 
@@ -215,9 +217,13 @@ def _fetch_sources(spec: Spec, cache: SourceCache, targets: list[Target], origin
 
     resolved = []
     for target in targets:
-        for pin in library_pins(spec, target.base.libraries):
+        compiler = target.compiler_pins()
+        sums = static_clang_sums_pin(spec) if compiler else None
+        for pin in [*library_pins(spec, target.base.libraries), *compiler, *([sums] if sums else [])]:
             if (error := get(pin)) is not None:
                 raise SourceError(error)
+        if sums:
+            check_static_clang_listed(cache, sums, compiler)
         used = {}
         for tag in target.interpreters:
             interp = spec.data.interpreters[tag]

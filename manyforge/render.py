@@ -17,9 +17,9 @@ from pathlib import Path
 import jinja2
 
 from manyforge import configure_answers
-from manyforge.arches import ARCHES, BUILD_HOSTS, configure_build, host_arch, python_multiarch, runs_natively
+from manyforge.arches import ARCHES, BUILD_HOSTS, LLD_LINKS_SINCE, configure_build, host_arch, python_multiarch, runs_natively
 from manyforge.quoting import template_environment
-from manyforge.sources import Pin, SourceCache, cpython_pin, library_pins, stage_files, wheel_pins
+from manyforge.sources import Pin, SourceCache, cpython_pin, library_pins, stage_files, static_clang_pins, wheel_pins
 from manyforge.spec import REPO_ROOT, Base, DownloadFile, Image, LockedFile, Spec, SpecError, Toolchain
 
 DOCKER_DIR = REPO_ROOT / "docker"
@@ -162,7 +162,13 @@ class Target:
 
     def source_pins(self) -> list[Pin]:
         versions = sorted({self.cpython_version(t) for t in self.interpreters})
-        return [cpython_pin(self.spec, v) for v in versions] + library_pins(self.spec, self.base.libraries)
+        return [cpython_pin(self.spec, v) for v in versions] + library_pins(self.spec, self.base.libraries) + self.compiler_pins()
+
+    def compiler_pins(self) -> list[Pin]:
+        """The cross stage's static clang for the build host, where this target takes that route."""
+        if not self.cross_compiles or self.base.cross_compiler != "static-clang":
+            return []
+        return static_clang_pins(self.spec, [self.build_host])
 
     def library_builds(self) -> list[dict[str, str]]:
         """The from-source libraries of this base: name, version, source file."""
@@ -334,12 +340,15 @@ def declared_packages(target: Target) -> list[str]:
 
 def packages_checks(target: Target) -> list[tuple[Target, list[str], list[str] | None]]:
     """What `invoke packages-check` asks, as (where it asks, packages, set-up first): the
-    image's packages on its own platform; for a cross-compiled image also the cross stage's
-    (compiler, target development packages) on the build host's platform, where it installs them."""
+    image's packages on its own platform (its runtime, toolchain and build stages: for a
+    cross-compiled image also the sysroot of its cross stages); for a cross-compiled image also
+    the cross stage's on the build host's platform, where it installs them: the build host's
+    stages it starts from, plus its compiler and the target's development packages."""
     checks: list[tuple[Target, list[str], list[str] | None]] = [(target, declared_packages(target), None)]
     if target.cross_compiles:
         cross = cross_compiler(target)
-        checks.append((target.native(), cross["packages"], cross["setup"]))
+        native = target.native()
+        checks.append((native, list(dict.fromkeys([*declared_packages(native), *cross["packages"]])), cross["setup"]))
     return checks
 
 
@@ -388,8 +397,11 @@ def cross_compiler(target: Target) -> dict:
     """How the cross stages compile for the target.
 
     The compiler: the toolchain's own GCC as Debian's cross compiler where it names one
-    (`cross`), else the family's clang with --target (and the toolset's GCC installation for
-    the runtime). The target's headers and libraries: where the family can install them
+    (`cross`), else clang with --target (and the toolset's GCC installation for the runtime):
+    the base's `cross_compiler`, either the pinned static clang+LLD built for the build host
+    (pypa's route; unpacked from the source cache) or the family's clang from the release's
+    repositories. A clang whose LLD cannot link the target arch (arches.LLD_LINKS_SINCE) is
+    refused here. The target's headers and libraries: where the family can install them
     multiarch next to the host's (Debian), in the cross stage itself, with no QEMU at all;
     else the target's own build stage, mounted as sysroot."""
     family = vars(family_layer(target.base.family))
@@ -397,7 +409,7 @@ def cross_compiler(target: Target) -> dict:
     gnu = ARCHES[target.arch].gnu_triplet
     host = python_multiarch(target.arch, libc, (3, 99)) if libc == "musl" else gnu
     multiarch = bool(family.get("cross_multiarch"))
-    out: dict = {"host": host, "sysroot_stage": not multiarch, "setup": None, "packages": [], "no_multiarch": False}
+    out: dict = {"host": host, "sysroot_stage": not multiarch, "setup": None, "packages": [], "no_multiarch": False, "unpack": None}
     if multiarch:
         arch = ARCHES[target.arch].debian
         out["setup"] = ["dpkg", "--add-architecture", arch]
@@ -413,6 +425,32 @@ def cross_compiler(target: Target) -> dict:
         out["packages"] = [f"{target.toolchain.cross}-{pkg}", f"g++-{version}-{pkg}", *out["packages"]]
         return {**out, "cc": f"{gnu}-gcc-{version}", "cxx": f"{gnu}-g++-{version}", "tools": f"{gnu}-"}
     clang = family["cross_clang"]
+    route = target.base.cross_compiler
+    if route == "static-clang":
+        release = target.spec.data.static_clang
+        if release is None or target.build_host not in release.files:
+            raise SpecError([
+                f"{target.slug}: no static clang pinned for a {target.build_host} build host (images.yaml "
+                f"static_clang.files has: {', '.join(release.files) if release else 'none'})"
+            ])
+        lld, what = release.lld, f"the static clang+LLD {release.version} for {target.build_host}"
+        # The archive's own layout (pypa unpacks it into /opt): bin/ has clang, ld.lld and the
+        # binutils under their plain names (ar, nm, readelf, ...), with no llvm-readelf.
+        bindir, tools = "/opt/clang/bin", "/opt/clang/bin/"
+        out["unpack"] = release.files[target.build_host].filename  # type: ignore[index]
+    else:
+        assert target.base.lld is not None  # the spec requires it with this route
+        major, minor = (target.base.lld.split(".") + ["0"])[:2]
+        lld = (int(major), int(minor))
+        what = f"{target.base_name}'s own clang (LLD {target.base.lld})"
+        bindir, tools = clang["bindir"], f"{clang['bindir']}/llvm-"
+        out["packages"] = [*clang["packages"], *out["packages"]]
+    need = LLD_LINKS_SINCE[target.arch]
+    if lld < need:
+        raise SpecError([
+            f"{target.slug}: {what} cannot link {target.arch} (LLD links it from {need[0]}.{need[1]}): choose "
+            f"bases.{target.base_name}.cross_compiler: static-clang, list {target.arch} under the base's emulated, or build on a {target.arch} host"
+        ])
     # clang finds the target's GCC installation (crt files, libgcc) by the triplet it was built
     # for, vendor included (s390x-redhat-linux, aarch64-alpine-linux-musl): the family's names.
     target_triplet = clang.get("targets", {}).get(target.arch, host)
@@ -420,10 +458,9 @@ def cross_compiler(target: Target) -> dict:
     # Where clang's defaults for the target differ from the family's own GCC (the family file cites each).
     if clang.get("flags", {}).get(target.arch):
         flags += " " + clang["flags"][target.arch]
-    out["packages"] = [*clang["packages"], *out["packages"]]
     return {
-        **out, "cc": f"{clang['bindir']}/clang {flags}", "cxx": f"{clang['bindir']}/clang++ {flags}",
-        "tools": f"{clang['bindir']}/llvm-", "no_multiarch": True,
+        **out, "cc": f"{bindir}/clang {flags}", "cxx": f"{bindir}/clang++ {flags}", "tools": tools,
+        "no_multiarch": True, "lld": lld,
     }  # fmt: skip
 
 

@@ -469,6 +469,31 @@ def library_pins(spec: Spec, names: Iterable[str]) -> list[Pin]:
     return [Pin(libs[n].filename, libs[n].sha256, libs[n].url, libs[n].debian) for n in names]  # type: ignore[index]
 
 
+def static_clang_pins(spec: Spec, build_hosts: Iterable[str]) -> list[Pin]:
+    """The static clang+LLD archive of each build host (images.yaml `static_clang`)."""
+    release = spec.data.static_clang
+    files = release.files if release else {}
+    return [Pin(files[h].filename, files[h].sha256, files[h].url) for h in build_hosts if h in files]  # type: ignore[index]
+
+
+def static_clang_sums_pin(spec: Spec) -> Pin | None:
+    """The static clang release's sha256sums.txt, pinned by the sha256 pypa/manylinux pins it by:
+    the archives' own pins must be lines of it (check_static_clang_listed)."""
+    release = spec.data.static_clang
+    if release is None:
+        return None
+    directory = next(iter(release.files.values())).url.rsplit("/", 1)[0]
+    return Pin(f"static-clang-{release.version}-sha256sums.txt", release.sha256sums, f"{directory}/sha256sums.txt")
+
+
+def check_static_clang_listed(cache: SourceCache, sums: Pin, archives: Iterable[Pin]) -> None:
+    """Each archive's pin is a line of the release's own sha256sums.txt (from the cache, verified)."""
+    lines = set(cache.verify(sums).read_bytes().decode("ascii", "replace").splitlines())
+    for pin in archives:
+        if f"{pin.sha256}  {pin.filename}" not in lines:
+            raise SourceError(f"{pin.filename}: its pinned sha256 is not the one the release's {sums.filename} lists; fix images.yaml static_clang")
+
+
 def wheel_pins(spec: Spec, image: Image, arch: str) -> list[LockedFile]:
     """The locked wheels one image×arch installs: its tools and their dependencies."""
     return list(spec.wheels.get(spec.wheel_platform(image, arch), ()))
@@ -480,7 +505,10 @@ def frontend_pins(spec: Spec, tags: Iterable[str]) -> list[LockedFile]:
 
 
 def all_pins(spec: Spec) -> list[Pin]:
-    pins = {p.filename: p for p in [*(cpython_pin(spec, v) for v in spec.data.cpython), *library_pins(spec, spec.data.libraries)]}
+    clang = static_clang_pins(spec, spec.data.static_clang.files if spec.data.static_clang else ())
+    sums = static_clang_sums_pin(spec)
+    clang += [sums] if sums else []
+    pins = {p.filename: p for p in [*(cpython_pin(spec, v) for v in spec.data.cpython), *library_pins(spec, spec.data.libraries), *clang]}
     for files in [*spec.wheels.values(), *spec.frontend.values()]:
         for w in files:
             pins[w.filename] = Pin(w.filename, w.sha256)

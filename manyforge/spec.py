@@ -195,6 +195,50 @@ PinnedRef = Annotated[
 MirrorUrl = Annotated[str, StringConstraints(strict=True, max_length=300, pattern=rf"^https://{_HOST}(?:/{_SEGMENT})*$"), AfterValidator(_port_in_range)]
 
 
+BuildHost = Literal["x86_64", "aarch64", "ppc64le", "s390x", "riscv64"]  # arches.BUILD_HOSTS
+
+
+class StaticClangFile(_Model):
+    url: Annotated[HttpsUrl, StringConstraints(pattern=rf"^https://{_HOST}(?:/{_SEGMENT})*/{_FILE}\.tar\.xz$")]
+    sha256: Sha256
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[1]
+
+
+class StaticClang(_Model):
+    """A statically linked clang+LLD release, one archive per build host: it runs on any
+    distribution of the build host's arch, so a cross stage needs no clang of its own release."""
+
+    version: Version  # the release: LLVM's version plus a build number (22.1.8.1 is LLVM 22.1.8)
+    # The release's sha256sums.txt, as pypa/manylinux pins it (static_clang_versions.txt); the
+    # archives' own sha256 are its lines.
+    sha256sums: Sha256
+    files: dict[BuildHost, StaticClangFile] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_release(self) -> StaticClang:
+        """Every archive is a file of the one release (its sha256sums.txt lists them)."""
+        directories = {f.url.rsplit("/", 1)[0] for f in self.files.values()}
+        if len(directories) > 1:
+            raise ValueError(f"files: every archive must be a file of the one release; found {len(directories)} directories")
+        return self
+
+    @property
+    def lld(self) -> tuple[int, int]:
+        """The LLD it carries (major, minor)."""
+        major, minor = (self.version.split(".") + ["0"])[:2]
+        return int(major), int(minor)
+
+
+# How the cross stages of a base's emulated targets compile where its toolchain names no
+# Debian cross GCC: `static-clang` (the matrix's `static_clang` for the build host, pypa's
+# route) or `distribution-clang` (the family's clang from the release's own repositories,
+# families/<family>.j2 `cross_clang`, whose LLD version `lld` names).
+CrossCompiler = Literal["static-clang", "distribution-clang"]
+
+
 class Base(_Model):
     family: Literal["yum", "dnf", "apk", "apt"]
     # A Docker reference pinned by digest: [host[:port]/]name[/name...][:tag]@sha256:<digest>.
@@ -216,11 +260,26 @@ class Base(_Model):
     # the policy's baseline (EL9 builds for x86-64-v2): a wrapper adds it unless one is given.
     # `native` would make the image depend on the build machine's CPU.
     march: dict[Arch, Annotated[str, StringConstraints(strict=True, max_length=40, pattern=r"^[a-z0-9][a-z0-9_.-]*$"), AfterValidator(_not_native)]] = {}
+    # The compiler of the cross stages (families without Debian's cross GCC; see CrossCompiler),
+    # and, for `distribution-clang`, the version of the release's own LLD.
+    cross_compiler: CrossCompiler | None = None
+    lld: Version | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> Base:
         if (self.image is None) == (self.debootstrap is None):
             raise ValueError("give exactly one of 'image' (name@sha256:<digest>) or 'debootstrap' (a Debian suite)")
+        return self
+
+    @model_validator(mode="after")
+    def _cross_compiler(self) -> Base:
+        if self.family == "apt":
+            if self.cross_compiler or self.lld:
+                raise ValueError("cross_compiler/lld: family apt cross-compiles with the toolchain's Debian cross GCC (toolchains.<name>.cross)")
+        elif self.cross_compiler is None:
+            raise ValueError("cross_compiler: required for family " + self.family + ": static-clang or distribution-clang")
+        if (self.cross_compiler == "distribution-clang") != (self.lld is not None):
+            raise ValueError("lld: give the release's LLD version with cross_compiler: distribution-clang, and only then")
         return self
 
 
@@ -268,7 +327,6 @@ class Image(_Model):
 
 # A runner label as `runs-on` takes it (GitHub's hosted labels, or a self-hosted runner's).
 RunnerLabel = Annotated[str, StringConstraints(strict=True, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-BuildHost = Literal["x86_64", "aarch64", "ppc64le", "s390x", "riscv64"]  # arches.BUILD_HOSTS
 
 
 class Runner(_Model):
@@ -284,6 +342,8 @@ class SpecFile(_Model):
     org: RefName
     cpython: dict[Version, CPythonSource]
     libraries: dict[LibraryName, LibrarySource] = {}
+    # The cross stages' compiler where a base chooses `cross_compiler: static-clang`.
+    static_clang: StaticClang | None = None
     interpreters: dict[Annotated[str, StringConstraints(pattern=r"^cp3[0-9]+-cp3[0-9]+t?$")], Interpreter]
     frontend: dict[Name, Specifier] = Field(min_length=1)
     downloadable: dict[InterpreterTag, Downloadable] = {}
@@ -631,6 +691,8 @@ def _cross_check(
         for key, users in _FAMILY_KEYS.items():
             if getattr(declared, key) and declared.family not in users:
                 problems.append(f"{f}: bases.{base_name}.{key}: family {declared.family} does not use it (only {', '.join(users)})")
+        if declared.cross_compiler == "static-clang" and spec.static_clang is None:
+            problems.append(f"{f}: bases.{base_name}.cross_compiler: static-clang needs a pinned release under static_clang")
         for i, lib in enumerate(declared.libraries):
             if lib not in spec.libraries:
                 problems.append(

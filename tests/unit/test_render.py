@@ -195,12 +195,15 @@ def test_native_builds_have_no_cross_stages():
 @pytest.mark.parametrize("target", [t for t in TARGETS if t.cross_compiles], ids=lambda t: t.slug)
 def test_packages_check_asks_for_the_cross_stage_packages_on_the_build_host(target, tmp_path):
     """What the cross stage installs (compiler, the target's multiarch -dev packages) is asked
-    for where it is installed: the build host's platform, after the cross stage's own set-up."""
+    for where it is installed: the build host's platform, after the cross stage's own set-up,
+    with the build host's stages it starts from."""
     checks = packages_checks(target)
     assert [where.arch for where, _, _ in checks] == [target.arch, target.native().arch]
     where, packages, setup = checks[1]
-    cross = stages(render_dockerfile(target))["cross"]
-    assert packages and all(p in cross for p in packages)
+    found = stages(render_dockerfile(target))
+    cross = found["cross"]
+    native = found["native_runtime"] + found["native_build"]
+    assert packages and all(p in cross or p in native for p in packages)
     text = (write_packages_check(where, tmp_path / "ctx", packages, setup) / "Dockerfile").read_text()
     if setup:
         assert f"RUN {shlex.join(setup)}\n" in text and f"RUN {shlex.join(setup)}\n" in cross
