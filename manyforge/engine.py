@@ -128,6 +128,14 @@ def image_platform(ref: str) -> str | None:
     return f"{attrs['Os']}/{attrs['Architecture']}" + (f"/{variant}" if variant else "")
 
 
+def tarball_epoch(tarball: Path) -> int:
+    """The time of a bootstrapped root's tarball: that of its first entry, the root itself
+    (scripts/debootstrap-base.sh gives every entry the same time)."""
+    with tarfile.open(tarball) as tar:
+        first = tar.next()
+    return max(0, int(first.mtime)) if first is not None else 0
+
+
 def ensure_bootstrap_base(spec: Spec, base_name: str, arch: str) -> str:
     """Create the local base image of a debootstrap base, unless it is already there."""
     ref = bootstrap_base_ref(spec, base_name, arch)
@@ -142,7 +150,11 @@ def ensure_bootstrap_base(spec: Spec, base_name: str, arch: str) -> str:
         with tempfile.TemporaryDirectory(prefix="manyforge-base-") as tmp:
             debootstrap_root(suite, arch, Path(tmp) / "root.tar")
             shutil.copy(REPO_ROOT / "docker" / "bootstrap-base.Dockerfile", Path(tmp) / "Dockerfile")
-            _tool(["docker", "buildx", "build", "--platform", platform, "--load", "--tag", ref, "--", tmp],
+            # The tarball is reproducible (scripts/debootstrap-base.sh); its time, as the image's
+            # creation time, makes the image reproducible too: stages built on it in another job
+            # find their registry cache.
+            epoch = f"SOURCE_DATE_EPOCH={tarball_epoch(Path(tmp) / 'root.tar')}"
+            _tool(["docker", "buildx", "build", "--platform", platform, "--build-arg", epoch, "--load", "--tag", ref, "--", tmp],
                   f"turning the {suite}/{arch} root into an image", BUILD_TIMEOUT)  # fmt: skip
     except OSError as exc:  # a full disk under the temporary directory
         raise EngineError(f"bootstrapping {suite} for {arch}: {_one_line(exc)}") from None
