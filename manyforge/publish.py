@@ -19,7 +19,10 @@ The workflow's parallel jobs share a tag: a job given `--tag` for some arches ma
 
 Tags come last, one call each, and the tagging itself can be interrupted between two of them.
 They are set in the order that leaves least behind: the arches' dated tags, then the index's
-dated tag, then the `latest` tags. A kill before the first leaves no new release tag; a kill
+dated tag, then the `latest` tags. `latest` moves only with an index, for every member of it and
+the index together: a run that makes no index (a workflow job of one arch, whose image may still
+fail on another arch) sets dated tags only, and the index's run moves each member's `latest`, then
+the index's. A kill before the first leaves no new release tag; a kill
 later leaves dated tags that each name a signed manifest of this release, and running the same
 publish again completes it (it pushes and signs nothing twice, and the tags it sets name what
 they already name). A dated tag never moves, the index's included: a publish whose tag names
@@ -654,7 +657,8 @@ class _Release:
         return index_digest
 
     def _tag(self, catalog, chosen, repos, image_ids, tag: str, index_digest: str | None) -> None:
-        """Every part is signed: the dated tags, the arches' first and the index's last, then `latest`."""
+        """Every part is signed: the dated tags, the arches' first and the index's last, then, with
+        an index only, `latest` of each of its members and of the index."""
         dest, log = self.dest, self.log
         # The tag was free when chosen; a publish elsewhere may have taken it while this one pushed.
         taken, _ = _tag_problems(dest, repos, image_ids, self.index_repo, tag)
@@ -671,7 +675,12 @@ class _Release:
         for repo, digest in pins.items():  # the index's dated tag last of them: it completes the release
             engine.tag(f"{repo}@{digest}", tag, dest.plain_http)
             log(f"  {repo}:{tag} -> {digest}")
-        for repo, digest in pins.items():
+        if index_digest is None:
+            log(f"  latest: not moved; it moves with the index of {tag}, once every arch is in")
+            return
+        # Every member of the index (those this run pushed and those earlier jobs did), the index last.
+        latest = {self.repo(a): entry["digest"] for a, entry in catalog["arches"].items()} | {self.index_repo: index_digest}
+        for repo, digest in latest.items():
             newer = _newer_release(repo, tag, dest.plain_http)
             if newer is None:
                 engine.tag(f"{repo}@{digest}", "latest", dest.plain_http)
