@@ -120,22 +120,29 @@ def image_entries(spec: Spec, image: str) -> list[dict]:
     ]
 
 
-def matrix(spec: Spec) -> list[dict[str, str]]:
+def _debootstraps(jobs: list[dict]) -> bool:
+    """Whether any job of an image bootstraps a Debian base (and so needs a Debian mirror): a
+    pull request without the mirror variable (from a fork) skips the image's jobs."""
+    return any(j["debootstrap"] for j in jobs)
+
+
+def matrix(spec: Spec) -> list[dict[str, str | bool]]:
     """The top-level matrix: one entry per image, its two legs as JSON matrices (an empty leg
-    is "": its job is skipped)."""
-    out = []
+    is "": its job is skipped), and whether it bootstraps a Debian base."""
+    out: list[dict[str, str | bool]] = []
     for name in spec.images:
         jobs = image_entries(spec, name)
         legs = {key: [j for j in jobs if j["leg"] == key] for key in ("native", "cross")}
-        out.append({"image": name, **{key: json.dumps({"include": js}) if js else "" for key, js in legs.items()}})
+        out.append({"image": name, **{key: json.dumps({"include": js}) if js else "" for key, js in legs.items()},
+                    "debootstrap": _debootstraps(jobs)})  # fmt: skip
     return out
 
 
-def canary(spec: Spec, image: str, arch: str) -> list[dict[str, str]]:
+def canary(spec: Spec, image: str, arch: str) -> list[dict[str, str | bool]]:
     """One image×arch as a one-image matrix (the manual canary run): its job in the native leg,
     so it never waits for another; a cross-compiled arch then builds its native stages itself."""
     job = entry(spec, image, arch)
-    return [{"image": image, "native": json.dumps({"include": [job]}), "cross": ""}]
+    return [{"image": image, "native": json.dumps({"include": [job]}), "cross": "", "debootstrap": _debootstraps([job])}]
 
 
 def estimates(spec: Spec) -> list[tuple[str, str, str, JobEstimate]]:

@@ -99,7 +99,7 @@ class Expr:
         while self.peek() in ("==", "!="):
             op = self.take()
             right = self.unary()
-            equal = _loose(value) == _loose(right)
+            equal = _equal(value, right)
             value = equal if op == "==" else not equal
         return value
 
@@ -142,8 +142,28 @@ def _truthy(value: Any) -> bool:
     return value not in (None, False, "", 0)
 
 
-def _loose(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
+def _equal(a: Any, b: Any) -> bool:
+    """GitHub's `==`: strings without regard to case; values of different types as numbers
+    (null and '' are 0, so an unset variable equals ''; false 0, true 1; a string that is no
+    number is NaN, equal to nothing)."""
+    if isinstance(a, str) and isinstance(b, str):
+        return a.lower() == b.lower()
+    if type(a) is type(b):
+        return a == b
+    return _number(a) == _number(b)
+
+
+def _number(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, (bool, int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip() or 0)
+        except ValueError:
+            return float("nan")
+    return float("nan")
 
 
 def evaluate(text: Any, context: dict[str, Any], status: dict[str, bool] | None = None) -> Any:
@@ -178,6 +198,7 @@ class Run:
 
     results: dict[str, str] = field(default_factory=dict)
     steps: list[tuple[str, str]] = field(default_factory=list)  # (job path, step name)
+    failed_steps: list[tuple[str, str]] = field(default_factory=list)
 
     def ran(self, path: str) -> bool:
         return self.results.get(path) in ("success", "failure")
@@ -265,27 +286,51 @@ def simulate(file: str, context: dict[str, Any], fails: set[str], run: Run, pref
 
 
 def _steps(job: dict, ctx: dict, entry: dict, fails: set[str], run: Run, path: str) -> str:
-    """A job's steps: the build-and-test step (or the whole job) fails when the scenario says."""
+    """A job's steps: the build-and-test step (or the whole job) fails when the scenario says, as
+    does a step with an id named `<slug>@<id>` in the scenario, and a `run:` that ends in
+    `exit 1`. A failing step with `continue-on-error` does not fail the job; later steps read
+    its outcome (`steps.<id>.outcome`)."""
     if path.rsplit(":", 1)[-1].split("/")[0] in fails or path in fails:
         return "failure"
     result = "success"
+    steps: dict[str, dict[str, str]] = {}
     for step in job["steps"]:
         status = {"success": result == "success", "failure": result == "failure", "cancelled": False, "always": True}
-        if not condition(step.get("if"), ctx, status):
+        sctx = {**ctx, "steps": steps}
+        if not condition(step.get("if"), sctx, status):
+            if "id" in step:
+                steps[step["id"]] = {"outcome": "skipped", "conclusion": "skipped"}
             continue
         name = step.get("name", step.get("uses", step.get("run", "")))
+        script = str(step.get("run", "")).strip().splitlines()
         if name.startswith("build, then test") and entry.get("slug") in fails:
+            outcome = "failure"
+        elif "id" in step and f"{entry.get('slug')}@{step['id']}" in fails or script[-1:] == ["exit 1"]:
+            outcome = "failure"
+        else:
+            outcome = "success"
+            run.steps.append((path, name))
+        if outcome == "failure":
+            run.failed_steps.append((path, name))
+        tolerated = outcome == "failure" and evaluate(step.get("continue-on-error", False), sctx) is True
+        if "id" in step:
+            steps[step["id"]] = {"outcome": outcome, "conclusion": "success" if tolerated else outcome}
+        if outcome == "failure" and not tolerated:
             result = "failure"
-            continue
-        run.steps.append((path, name))
     return result
 
 
-def run_event(event: str, fails: set[str] = frozenset(), inputs: dict | None = None) -> Run:  # type: ignore[assignment]
+# The repository variables the workflows read, as the upstream repository sets them (their
+# values are never read by the graph, only whether they are set). A pull request from a fork
+# gets none: `vars={}`.
+VARS = {"MANYFORGE_REGISTRY": "<set>", "DEBIAN_MIRROR": "<set>"}
+
+
+def run_event(event: str, fails: set[str] = frozenset(), inputs: dict | None = None, vars: dict | None = None) -> Run:  # type: ignore[assignment]
     ref = "refs/heads/main" if event == "push" else "refs/pull/1/merge"
     run = Run()
     matrix = MATRIX if event != "workflow_dispatch" else {"include": workflow.canary(SPEC, inputs["image"], inputs["arch"])}  # type: ignore[index]
-    context = {"github": {"event_name": event, "ref": ref}, "inputs": inputs or {}}
+    context = {"github": {"event_name": event, "ref": ref}, "inputs": inputs or {}, "vars": VARS if vars is None else vars}
     data = _load("images.yml")
     # The matrix job's output is what `invoke matrix` prints.
     data_outputs = json.dumps(matrix)
@@ -334,6 +379,10 @@ def test_the_expression_reader_follows_githubs_rules():
     assert condition("${{ !cancelled() && inputs.cross == '' }}", ctx, {**ok, "success": False}) is True
     assert condition("needs.a.result == 'skipped' && inputs.publish", ctx, ok) is True
     assert condition("inputs.cross != ''", ctx, ok) is False
+    # An unset variable is null, which equals '' (both are 0 as numbers); a set one does not.
+    assert condition("vars.DEBIAN_MIRROR == ''", {"vars": {}}, ok) is True
+    assert condition("vars.DEBIAN_MIRROR != ''", {"vars": {"DEBIAN_MIRROR": "x"}}, ok) is True
+    assert condition("inputs.debootstrap == 'x'", {"inputs": {"debootstrap": True}}, ok) is False
     assert evaluate("${{ matrix.variant != '' }}", {"matrix": {"variant": "ubi9"}}) is True
 
 
@@ -421,3 +470,55 @@ def test_every_job_runs_on_the_runner_images_yaml_names_for_its_arch():
             assert tuple(job["runner"]) == runners[job["arch"]]
             # aarch64 and armv7l on arm64 runners need no QEMU; the x86_64 runner's foreign arches do.
             assert (job["qemu"] == "") == (job["arch"] in ("x86_64", "i686", "aarch64", "armv7l")), job["slug"]
+
+
+# --- repository variables: a fork's pull request, a registry not set, a login that fails -------
+
+DEBIAN_IMAGES = {m["image"] for m in workflow.matrix(SPEC) if m["debootstrap"]}
+
+
+def test_the_matrix_says_which_images_bootstrap_a_debian_base():
+    assert DEBIAN_IMAGES == {"manylinux_2_36", "manylinux_2_31"}
+    assert DEBIAN_IMAGES == {i for i in IMAGES if any(j["debootstrap"] for j in _jobs(i))}
+
+
+def test_a_fork_pull_request_skips_the_debian_images_with_a_notice_and_builds_the_rest():
+    run = run_event("pull_request", vars={})
+    for image in IMAGES:
+        jobs = {f"{image}:{job['leg']}/{job['slug']}" for job in _jobs(image)}
+        noticed = (f"{image}:no-debian-mirror", "say that this image is not built") in run.steps
+        if image in DEBIAN_IMAGES:
+            assert run.results[f"{image}:native"] == "skipped" and not any(run.ran(p) for p in jobs), image
+            assert noticed and run.results[f"{image}:no-debian-mirror"] == "success"
+        else:
+            assert all(run.ran(p) for p in jobs) and not noticed, image
+    assert run.results["image-check"] == "success" and not run.published()
+
+
+def test_a_pull_request_with_the_mirror_builds_the_debian_images_and_says_nothing():
+    run = run_event("pull_request", vars={"DEBIAN_MIRROR": "<set>"})
+    assert run.results["manylinux_2_36:native/manylinux_2_36_x86_64"] == "success"
+    assert run.results["manylinux_2_36:cross/manylinux_2_36_s390x"] == "success"
+    assert all(run.results[f"{image}:no-debian-mirror"] == "skipped" for image in IMAGES)
+
+
+def test_a_push_to_main_without_a_registry_builds_and_tests_and_publishes_nothing():
+    # A fork's main, or upstream before MANYFORGE_REGISTRY is set: the check-only path.
+    run = run_event("push", vars={"DEBIAN_MIRROR": "<set>"})
+    assert run.results["image"] == "skipped" and run.results["image-check"] == "success"
+    assert not run.published() and not index_ran(run)
+    assert not any(path.endswith(":release-tag") and r != "skipped" for path, r in run.results.items())
+    every = {f"{image}:{job['leg']}/{job['slug']}" for image in IMAGES for job in _jobs(image)}
+    assert {p for p in every if run.ran(p)} == every
+
+
+def test_a_failed_login_still_builds_and_tests_then_stops_that_arch_and_its_images_index():
+    run = run_event("push", fails={"manylinux_2_28_aarch64@login"})
+    path = "manylinux_2_28:native/manylinux_2_28_aarch64"
+    built = [name for p, name in run.steps if p == path]
+    assert any(name.startswith("build, then test") for name in built)  # without the cache
+    assert not any(name.startswith("publish") for name in built)
+    assert (path, "stop, not logged in to the registry") in run.failed_steps
+    assert run.results[path] == "failure" and run.results["manylinux_2_28:index"] == "skipped"
+    assert index_ran(run) == IMAGES - {"manylinux_2_28"}
+    assert "manylinux_2_28:native/manylinux_2_28_x86_64" in run.published()
