@@ -96,6 +96,20 @@ UNTRUSTED_EVENTS = {"pull_request", "pull_request_target", "pull_request_review"
 MAIN_ONLY = "github.event_name == 'push' && github.ref == 'refs/heads/main'"
 
 
+def _main_only(condition: str) -> bool:
+    """A job condition that holds only on pushes to main: MAIN_ONLY, or MAIN_ONLY && more."""
+    text = " ".join(condition.split())
+    rest = text.removeprefix(MAIN_ONLY)
+    return rest != text and (rest == "" or rest.startswith(" && ") and "||" not in rest and "(" not in rest)
+
+
+def test_the_main_only_reader_accepts_only_narrowing_conditions() -> None:
+    assert _main_only(MAIN_ONLY) and _main_only(f"{MAIN_ONLY} && vars.MANYFORGE_REGISTRY != ''")
+    assert not _main_only(f"{MAIN_ONLY} || github.event_name == 'pull_request'")
+    assert not _main_only(f"{MAIN_ONLY} && (true || false)") and not _main_only(f"!({MAIN_ONLY})")
+    assert not _main_only(f"{MAIN_ONLY}x") and not _main_only("")
+
+
 def _writes(permissions) -> list[str]:
     if permissions == "write-all":
         return ["write-all"]
@@ -104,8 +118,9 @@ def _writes(permissions) -> list[str]:
 
 def test_no_job_a_pull_request_starts_holds_a_token_that_writes() -> None:
     # A pull request's code runs in these jobs: none may get write access (packages, contents...).
-    # A job may write only if its `if:` is exactly MAIN_ONLY. A called workflow (workflow_call)
-    # runs with its caller's token and may only narrow it: asking for a write its caller does not
+    # A job may write only if its `if:` is MAIN_ONLY, alone or narrowed by further `&&` terms (no
+    # `||` or parentheses, which could widen it; e.g. `&& vars.MANYFORGE_REGISTRY != ''`). A
+    # called workflow (workflow_call) runs with its caller's token and may only narrow it: asking for a write its caller does not
     # grant stops the run before it starts, so the grant belongs to the calling job.
     bad = []
     for workflow in WORKFLOWS:
@@ -117,7 +132,7 @@ def test_no_job_a_pull_request_starts_holds_a_token_that_writes() -> None:
         if not UNTRUSTED_EVENTS & set(triggers):
             continue
         for name, job in data["jobs"].items():
-            if " ".join(str(job.get("if", "")).split()) == MAIN_ONLY:
+            if _main_only(str(job.get("if", ""))):
                 continue
             granted = job.get("permissions", data.get("permissions"))
             if granted is None or _writes(granted):  # absent from both: the repository's default token
