@@ -104,3 +104,16 @@ def test_the_workflows_set_runners_up_with_the_runner_script_and_ci_with_the_hos
     assert any("scripts/setup-runner.sh host" in r for r in runs)
     # Our machines and CI: scripts/run.sh, the one entry point, takes the Debian path.
     assert re.search(r'"\$root/scripts/setup-host.sh"', (ROOT / "scripts" / "run.sh").read_text())
+
+
+def test_image_jobs_install_the_image_test_extra_a_part_of_test():
+    # The image jobs need what tests/image runs, not the linters; scripts/run.sh and .ci/run keep
+    # installing `test`, which holds every requirement of `image-test`.
+    text = (ROOT / "pyproject.toml").read_text()  # read as text: tomllib is 3.11+, the project 3.10+
+    extras = {name: re.findall(r'^\s+"([^"]+)",', body, re.M)
+              for name, body in re.findall(r'^([a-z-]+) = \[\n(.*?)^\]', text, re.M | re.S)}  # fmt: skip
+    assert set(extras["image-test"]) <= set(extras["test"]) and len(extras["test"]) > len(extras["image-test"])
+    names = {re.split(r"[<>=]", r)[0] for r in extras["image-test"]}
+    assert {"pytest", "pytest-testinfra", "cibuildwheel"} == names  # testinfra: tests/image/conftest.py
+    installs = [r for r in _runs(ROOT / ".github" / "workflows" / "image.yml") if "pip install" in r]
+    assert installs and all('-e ".[image-test]"' in r or re.search(r"-e \.$", r.strip()) for r in installs), installs
