@@ -15,7 +15,7 @@
 #                           builder writes a registry cache and still sees local base images
 #   setup-runner.sh login                       log in to the registry of $REGISTRY
 #       ghcr.io with GITHUB_TOKEN (as $ACTOR); any other registry with $REGISTRY_USERNAME and
-#       $REGISTRY_PASSWORD (repository secrets). Credentials go to docker login on its input.
+#       $REGISTRY_PASSWORD (secrets of the environment `release`). Credentials go to docker login on its input.
 #
 # MANYFORGE_OS_RELEASE: another os-release file (for the tests).
 set -euo pipefail
@@ -139,7 +139,7 @@ registry_login() {
         user=${REGISTRY_USERNAME:-} password=${REGISTRY_PASSWORD:-}
     fi
     [[ -n $user && -n $password ]] \
-        || die "no credentials for $host: ghcr.io takes the workflow's token; any other registry the repository secrets REGISTRY_USERNAME and REGISTRY_PASSWORD"
+        || die "no credentials for $host: ghcr.io takes the workflow's token; any other registry the secrets REGISTRY_USERNAME and REGISTRY_PASSWORD (of the environment release)"
     printf '%s' "$password" | docker login --username "$user" --password-stdin -- "$host" >/dev/null
     log "logged in to $host as $user"
 }
