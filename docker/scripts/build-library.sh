@@ -8,11 +8,13 @@
 #   build-library.sh NAME TARBALL DEST
 set -euo pipefail
 
-name=$1 tarball=$2 dest=$3
-step() { echo "manyforge: $name: $*"; }
-
 # shellcheck source=docker/scripts/cross-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cross-env.sh"
+
+# (after cross-env.sh, whose loops set variables of their own, `name` among them: every cross
+# build of a library failed with "no recipe for cpp")
+name=$1 tarball=$2 dest=$3
+step() { echo "manyforge: $name: $*"; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
