@@ -63,6 +63,10 @@ MAY_DIFFER = {
 # glibc has them and the image's does not (glibc's NEWS names the release that added each).
 NEWER_GLIBC = {
     "HAVE_STRLCPY": "2.38",
+    "HAVE_CLOSEFROM": "2.34",
+    "HAVE_CLOSE_RANGE": "2.34",
+    "HAVE_POSIX_SPAWN_FILE_ACTIONS_ADDCLOSEFROM_NP": "2.34",
+    "HAVE_SYS_PIDFD_H": "2.36",
 }
 
 CONFIG_VARS = (
@@ -136,6 +140,8 @@ def differences(
     theirs_cc = re.sub(r"^\S+-linux-gnu\S*-gcc", "gcc", str(reference.get("CC")))
     if _version(ref_glibc) < (2, 34) <= _version(image_glibc):
         theirs_cc = theirs_cc.replace(" -pthread", "")
+    elif _version(image_glibc) < (2, 34) <= _version(ref_glibc) and not theirs_cc.endswith(" -pthread"):
+        theirs_cc += " -pthread"
     if ours.get("CC") != theirs_cc:
         wrong.append(f"CC: ours {ours.get('CC')!r}, Debian's {reference.get('CC')!r} (as {theirs_cc!r})")
     return wrong
@@ -211,7 +217,9 @@ def test_interpreter_is_hardened_as_pypas(host, built_image, interpreter):
     # with fortifiable calls (_decimal and _sqlite3 have some; _ssl's own code may have none).
     if glibc and (binaries[0].rsplit("/", 1)[-1] not in fortified or len(fortified) < 2):
         problems.append(f"fortified calls (_FORTIFY_SOURCE) only in {fortified or 'none'}: expected the interpreter and its modules")
-    names = ("CFLAGS", "LDFLAGS", "LDSHARED", "CONFIGURE_CFLAGS", "CONFIGURE_LDFLAGS", "CFLAGS_NODIST", "LDFLAGS_NODIST")
+    # configure keeps what it was given as CFLAGS_NODIST in CONFIGURE_CFLAGS_NODIST (the Makefile's
+    # own CFLAGS_NODIST is left for `make` to set); the interpreter's build uses PY_*_NODIST.
+    names = ("CFLAGS", "LDFLAGS", "LDSHARED", "CONFIGURE_CFLAGS", "CONFIGURE_LDFLAGS", "PY_CFLAGS_NODIST", "PY_LDFLAGS_NODIST")
     code = f"import json, sysconfig; print(json.dumps({{k: sysconfig.get_config_var(k) or '' for k in {names!r}}}))"
     flags = json.loads(host.check_output(f"/opt/python/{interpreter}/bin/python -c {shlex.quote(code)}"))
     for key in ("CFLAGS", "LDFLAGS", "LDSHARED", "CONFIGURE_CFLAGS", "CONFIGURE_LDFLAGS"):
@@ -219,9 +227,9 @@ def test_interpreter_is_hardened_as_pypas(host, built_image, interpreter):
             if flag in flags[key]:
                 problems.append(f"sysconfig {key} has {flag}: every extension would inherit it")
     for flag in ("-fstack-protector-strong", "-D_FORTIFY_SOURCE=2", "-Werror=format-security"):
-        if flag not in flags["CFLAGS_NODIST"]:
-            problems.append(f"CFLAGS_NODIST lacks {flag}")
+        if flag not in flags["PY_CFLAGS_NODIST"]:
+            problems.append(f"PY_CFLAGS_NODIST lacks {flag}")
     for flag in ("-Wl,-z,relro", "-Wl,-z,now"):
-        if flag not in flags["LDFLAGS_NODIST"]:
-            problems.append(f"LDFLAGS_NODIST lacks {flag}")
+        if flag not in flags["PY_LDFLAGS_NODIST"]:
+            problems.append(f"PY_LDFLAGS_NODIST lacks {flag}")
     assert not problems, "\n".join(problems)
