@@ -1,4 +1,6 @@
-"""Shared fixtures: the real spec of the repository (or MANYFORGE_SPEC's), loaded once.
+"""Shared fixtures: the real spec of the repository (or MANYFORGE_SPEC's), loaded once; a
+registry on 127.0.0.1 and a cosign key pair for the publishing tests (each module names its key's
+password as `key_password`).
 
 A broken MANYFORGE_SPEC (or lock) stops the run before collection with pytest's one-line usage
 error naming the variable and the problem, not a traceback from a fixture or a conftest import.
@@ -7,8 +9,10 @@ error naming the variable and the problem, not a traceback from a fixture or a c
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+from registry_server import cosign_key_pair, running_registry
 
 from manyforge.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
 
@@ -27,3 +31,14 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def spec() -> Spec:
     return _SPEC[0]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    with running_registry(tmp_path_factory.mktemp("registry")) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory, key_password: str) -> tuple[Path, Path]:
+    return cosign_key_pair(tmp_path_factory.mktemp("keys"), key_password)

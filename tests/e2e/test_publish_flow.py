@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 import yaml
-from registry_server import cosign_key_pair, running_registry
 
 from manyforge import engine, publish
 from manyforge.render import resolve_target
@@ -82,14 +81,8 @@ class Matrix:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    with running_registry(tmp_path_factory.mktemp("registry")) as address:
-        yield address
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> tuple[Path, Path]:
-    return cosign_key_pair(tmp_path_factory.mktemp("keys"), PASSWORD)
+def key_password() -> str:
+    return PASSWORD
 
 
 @pytest.fixture(scope="module")

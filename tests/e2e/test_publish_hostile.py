@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from registry_server import cosign_key_pair, running_registry
 
 from manyforge import engine, publish
 from manyforge.render import resolve_target
@@ -76,14 +75,8 @@ def stalling_registry():
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    with running_registry(tmp_path_factory.mktemp("registry")) as address:
-        yield address
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> tuple[Path, Path]:
-    return cosign_key_pair(tmp_path_factory.mktemp("keys"), PASSWORD)
+def key_password() -> str:
+    return PASSWORD
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from registry_server import cosign_key_pair, running_registry
+from registry_server import running_registry
 
 from manyforge import engine, publish
 from manyforge.sources import resolve_wheels
@@ -38,14 +38,8 @@ MANIFEST_TYPES = ", ".join([
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    with running_registry(tmp_path_factory.mktemp("registry")) as address:
-        yield address
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> tuple[Path, Path]:
-    return cosign_key_pair(tmp_path_factory.mktemp("keys"), PASSWORD)
+def key_password() -> str:
+    return PASSWORD
 
 
 def api(registry: str, path: str) -> dict:
