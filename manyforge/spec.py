@@ -266,6 +266,11 @@ class Image(_Model):
     downloadable: tuple[InterpreterTag, ...] = ()  # offered by `manylinux-interpreters ensure`
 
 
+# Why an image x arch is not built: one line of printable ASCII a user can check (no control
+# characters, no newline); read by tests and people, never by a template.
+Reason = Annotated[str, StringConstraints(strict=True, min_length=10, max_length=400, pattern=r"^[ -~]+$")]
+
+
 class SpecFile(_Model):
     org: RefName
     cpython: dict[Version, CPythonSource]
@@ -277,6 +282,9 @@ class SpecFile(_Model):
     bases: dict[VariantName, Base]  # variant names become part of image tags and base image names
     toolchains: dict[VariantName, Toolchain]
     images: dict[RefName, Image] = Field(min_length=1)
+    # Image x arch pairs the pinned cibuildwheel has a default image for (its
+    # pinned_docker_images.cfg) that this project does not build, each with its reason.
+    unbuilt: dict[RefName, dict[Arch, Reason]] = {}
 
 
 class LockedFile(_Model):
@@ -715,6 +723,10 @@ def _cross_check(
         for arch in toolchain.repo_files:
             if not any(arch in i.archs for i in consumers):
                 problems.append(f"{f}: toolchains.{tc_name}.repo_files.{arch}: no image using the toolchain has {arch}")
+    for name, reasons in spec.unbuilt.items():
+        for arch in reasons:
+            if name in spec.images and arch in spec.images[name].archs:
+                problems.append(f"{f}: unbuilt.{name}.{arch}: images.{name} builds {arch}; drop the reason or the arch")
     seen_policies: dict[str, str] = {}
     for name, image in spec.images.items():
         if image.policy in seen_policies:

@@ -211,3 +211,15 @@ def test_cli_unknown_image_and_arch_list_choices():
     proc = run_invoke("render", "--image", "manylinux_2_34", "--toolchain", "gcc-toolset-9")
     assert proc.returncode == 2
     assert "choose one of: gcc-toolset-14, gcc-toolset-13" in proc.stderr
+
+
+def test_unbuilt_reason_is_refused_for_an_arch_the_image_builds(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d.setdefault("unbuilt", {}).update(
+        {"manylinux_2_36": {"x86_64": "a reason a user could check"}})))
+    assert any("unbuilt.manylinux_2_36.x86_64: images.manylinux_2_36 builds x86_64" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("reason", ["short", "x\nRUN id", "caf\u00e9 is closed here", "y" * 401])
+def test_unbuilt_reason_is_one_line_of_ascii(tmp_path, reason):
+    problems = problems_of(tmp_path, mutated(lambda d: d.setdefault("unbuilt", {}).update({"manylinux_2_99": {"riscv64": reason}})))
+    assert any("unbuilt.manylinux_2_99.riscv64" in p for p in problems), problems
