@@ -180,6 +180,8 @@ class Target:
             },
             "frontend_python": f"/opt/python/{self.image.tools_interpreter}/bin/python",
             "fallbacks": {tag: {"pinned": pinned, "built": built} for tag, pinned, built in self.substitutions},
+            # What cibuildwheel may ask for that this image does not have, and why.
+            "not_built": dict(self.image.not_offered),
             "libraries": {b["name"]: b["version"] for b in self.library_builds()},
         }
 
