@@ -57,6 +57,15 @@ class Target:
     # Interpreters built from a declared fallback because no origin of this site serves their
     # pinned release: (tag, version) pairs, set by the fetch stage.
     fallbacks: tuple[tuple[str, str], ...] = ()
+    # Declared interpreters left out because no origin of this site serves their release nor a
+    # fallback: (tag, why) pairs, set by the fetch stage, announced like fallbacks.
+    omitted: tuple[tuple[str, str], ...] = ()
+
+    def without(self, omitted: dict[str, str]) -> Target:
+        """This target leaving out the given interpreters (tag -> why), which no origin serves."""
+        return replace(
+            self, interpreters=tuple(t for t in self.interpreters if t not in omitted), omitted=self.omitted + tuple(omitted.items())
+        )
 
     def with_cpython(self, used: dict[str, str]) -> Target:
         """This target building the given CPython release per interpreter tag."""
@@ -99,7 +108,8 @@ class Target:
             parts.append(self.base_name)
         if self.toolchain_name != self.image.toolchain:
             parts.append(self.toolchain_name)
-        if self.interpreters != self.image.interpreters:
+        left_out = dict(self.omitted)  # what the site cannot build is announced, not a subset of the user's
+        if self.interpreters != tuple(t for t in self.image.interpreters if t not in left_out):
             parts.append("partial")
         return "-".join(parts)
 
@@ -181,7 +191,7 @@ class Target:
             "frontend_python": f"/opt/python/{self.image.tools_interpreter}/bin/python",
             "fallbacks": {tag: {"pinned": pinned, "built": built} for tag, pinned, built in self.substitutions},
             # What cibuildwheel may ask for that this image does not have, and why.
-            "not_built": dict(self.image.not_offered),
+            "not_built": {**dict(self.image.not_offered), **dict(self.omitted)},
             "libraries": {b["name"]: b["version"] for b in self.library_builds()},
         }
 
@@ -274,6 +284,8 @@ def image_labels(target: Target) -> dict[str, str]:
     if target.substitutions:
         # Never silent: an interpreter older than images.yaml pins says so on the image itself.
         labels["io.manyforge.cpython-fallbacks"] = ",".join(f"{t}={v} (pinned {p})" for t, p, v in target.substitutions)
+    if target.omitted:
+        labels["io.manyforge.cpython-omitted"] = ",".join(tag for tag, _ in target.omitted)
     return labels
 
 
@@ -408,6 +420,7 @@ def render_dockerfile(target: Target) -> str:
             native=stage_context(target.native()) if cross else None,
             cross=cross_compiler(target) if cross else None,
             substitutions=target.substitutions,
+            omitted=[tag for tag, _ in target.omitted],
             labels=image_labels(target),
             downloadable=list(target.downloadable),
             # 32-bit images on a 64-bit host: whatever way a user enters (docker exec skips the
@@ -464,6 +477,7 @@ def sbom_input(target: Target) -> dict:
             for b in target.interpreter_builds()
         ],
         "libraries": target.library_builds(),
+        "omitted": [{"tag": tag, "pinned": spec.data.interpreters[tag].cpython, "reason": why} for tag, why in target.omitted],
         "wheels": {
             "tools": [w.model_dump() for w in wheel_pins(spec, target.image, target.arch)],
             "frontend": {tag: [w.model_dump() for w in spec.frontend_pins(tag)] for tag in target.interpreters},

@@ -209,3 +209,26 @@ def test_packages_check_asks_for_the_cross_stage_packages_on_the_build_host(targ
 
 def test_packages_check_of_a_native_image_asks_once():
     assert len(packages_checks(resolve_target(SPEC, "manylinux_2_36", "x86_64"))) == 1
+
+
+def test_an_interpreter_no_origin_serves_is_left_out_and_announced_everywhere():
+    """Issue 19, item 2: the image declares it; the site that cannot fetch it builds without it,
+    never silently: Dockerfile header, label, catalog (ensure names the reason), SBOM input; the
+    tags stay the image's own (not -partial: the user asked for everything)."""
+    from manyforge.render import image_labels, sbom_input
+
+    full = resolve_target(SPEC, "manylinux_2_36", "x86_64")
+    why = "no origin of this site serves CPython 3.12.13"
+    target = full.without({"cp312-cp312": why})
+    assert "cp312-cp312" not in target.interpreters and target.interpreters == tuple(t for t in full.interpreters if t != "cp312-cp312")
+    assert target.latest_ref == full.latest_ref
+    dockerfile = render_dockerfile(target)
+    assert "# OMITTED: cp312-cp312 is not in this image" in dockerfile
+    assert "cpython_cp312_cp312" not in dockerfile and "cpython_cp312_cp312" in render_dockerfile(full)
+    assert image_labels(target)["io.manyforge.cpython-omitted"] == "cp312-cp312"
+    assert "io.manyforge.cpython-omitted" not in image_labels(full)
+    assert target.catalog()["not_built"]["cp312-cp312"] == why
+    assert sbom_input(target)["omitted"] == [{"tag": "cp312-cp312", "pinned": "3.12.13", "reason": why}]
+    # A subset the user chose is still a partial image.
+    chosen = resolve_target(SPEC, "manylinux_2_36", "x86_64", interpreters=["cp313-cp313"]).without({"cp312-cp312": why})
+    assert chosen.latest_ref.endswith("latest-partial")
