@@ -9,15 +9,18 @@ makes visible in the container under /host.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
+from consumer import wanted
 
 pytestmark = pytest.mark.image
 
@@ -162,3 +165,59 @@ def test_cibuildwheel_with_podman_builds_repairs_and_tests(built_image, tmp_path
         assert all(f"{target.image.policy}_{target.arch}" in w for w in wheels), wheels
     finally:
         subprocess.run([podman, "rmi", "--force", built_image.ref], capture_output=True, check=False, env=env, timeout=300)
+
+
+def _reachable(url: str) -> str | None:
+    """None if the archive answers; else why not (one line)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=15):
+            return None
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))[:200]
+
+
+@pytest.mark.parametrize("implementation", ["pypy", "graalpy"])
+def test_cibuildwheel_builds_pypy_and_graalpy_where_their_archives_are_reachable(built_image, host, tmp_path, implementation):
+    """Unmodified cibuildwheel with the PyPy/GraalPy groups enabled: `ensure` downloads the pinned
+    archive in the container, then it builds, repairs and tests. Where the archive cannot be
+    reached (python.org and GitHub cannot from our machines) the test says so, and checks that the
+    image's catalog offers exactly the pin images.yaml has, at the path cibuildwheel asks for; the
+    download path itself is tested with a served archive (test_dropin.py)."""
+    target = built_image.target
+    if target.arch not in NATIVE or not target.image.policy.startswith("manylinux"):
+        pytest.skip("cibuildwheel runs the native manylinux images here")
+    if "cp39-cp39" not in target.interpreters:
+        pytest.skip(f"{target.slug} has no cp39, the interpreter cibuildwheel runs its helpers with (a CI subset)")
+    asked = {w.tag: w for w in wanted(target.image.libc.name, target.arch)}
+    offered = [t for t in target.downloadable if target.spec.data.downloadable[t].implementation == implementation and t in asked]
+    assert offered, f"{target.slug} offers no {implementation} cibuildwheel asks for on {target.arch}"
+    tag = offered[-1]
+    pin = target.downloadable[tag]
+    catalog = json.loads(host.check_output("cat /opt/_internal/manylinux-interpreters.json"))
+    assert catalog["downloadable"][tag]["url"] == pin.url and catalog["downloadable"][tag]["sha256"] == pin.sha256
+    assert asked[tag].path == f"/opt/python/{tag}"
+    why = _reachable(pin.url)
+    if why is not None:
+        print(f"\n[{implementation}] {tag}: its archive is not reachable from here ({why}); "
+              "the catalog pin is checked, the download path with a served archive", file=sys.stderr)  # fmt: skip
+        return
+    project = tmp_path / "project"
+    shutil.copytree(SAMPLE, project)
+    env = {
+        **os.environ,
+        f"CIBW_MANYLINUX_{target.arch.upper()}_IMAGE": built_image.ref,
+        "CIBW_ARCHS": target.arch,
+        "CIBW_ENABLE": "pypy pypy-eol graalpy",
+        "CIBW_BUILD": asked[tag].identifier,
+        "CIBW_TEST_COMMAND": TEST_COMMAND,
+        "CIBW_ENVIRONMENT": f"PIP_CERT=/host{HOST_CA}",
+    }
+    out = tmp_path / "wheelhouse"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cibuildwheel", "--platform", "linux", "--output-dir", str(out), "."],
+        cwd=project, env=env, capture_output=True, text=True, check=False, timeout=3600,
+    )  # fmt: skip
+    log = proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, log
+    assert re.search(r"^sample ok$", proc.stdout + proc.stderr, re.M), log
+    assert [w.name for w in out.glob("*.whl")] and all(tag.split("-")[0] in w.name for w in out.glob("*.whl")), log
