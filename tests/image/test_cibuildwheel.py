@@ -114,14 +114,16 @@ os.execv(runc, ["runc", *args])
 """
 
 
+def _runs_cibuildwheel(t) -> bool:
+    """cibuildwheel runs the native manylinux images here, with its helpers in cp39."""
+    return t.arch in NATIVE and t.image.policy.startswith("manylinux") and "cp39-cp39" in t.interpreters
+
+
+@pytest.mark.applies_to.with_args(_runs_cibuildwheel)
 def test_cibuildwheel_with_podman_builds_repairs_and_tests(built_image, tmp_path):
     """container-engine = "podman", unmodified cibuildwheel: the image built by the Docker engine
     reaches podman's store as a user's would (`docker save | podman load`)."""
     target = built_image.target
-    if target.arch not in NATIVE or not target.image.policy.startswith("manylinux"):
-        pytest.skip("cibuildwheel runs the native manylinux images here")
-    if "cp39-cp39" not in target.interpreters:
-        pytest.skip(f"{target.slug} has no cp39, the interpreter cibuildwheel runs its helpers with (a CI subset)")
     podman = shutil.which("podman")
     assert podman, "podman is missing: scripts/setup-host.sh installs Debian's"
     saved = subprocess.Popen(["docker", "save", built_image.ref], stdout=subprocess.PIPE)
@@ -176,18 +178,27 @@ def _reachable(url: str) -> str | None:
         return str(getattr(exc, "reason", exc))[:200]
 
 
-@pytest.mark.parametrize("implementation", ["pypy", "graalpy"])
-def test_cibuildwheel_builds_pypy_and_graalpy_where_their_archives_are_reachable(built_image, host, tmp_path, implementation):
+def _offers(t, implementation: str) -> bool:
+    return any(t.spec.data.downloadable[tag].implementation == implementation for tag in t.downloadable)
+
+
+@pytest.mark.applies_to.with_args(lambda t: _runs_cibuildwheel(t) and _offers(t, "pypy"))
+def test_cibuildwheel_builds_pypy_where_its_archive_is_reachable(built_image, host, tmp_path):
+    _pypy_or_graalpy(built_image, host, tmp_path, "pypy")
+
+
+@pytest.mark.applies_to.with_args(lambda t: _runs_cibuildwheel(t) and _offers(t, "graalpy"))
+def test_cibuildwheel_builds_graalpy_where_its_archive_is_reachable(built_image, host, tmp_path):
+    _pypy_or_graalpy(built_image, host, tmp_path, "graalpy")
+
+
+def _pypy_or_graalpy(built_image, host, tmp_path, implementation: str) -> None:
     """Unmodified cibuildwheel with the PyPy/GraalPy groups enabled: `ensure` downloads the pinned
     archive in the container, then it builds, repairs and tests. Where the archive cannot be
     reached (python.org and GitHub cannot from our machines) the test says so, and checks that the
     image's catalog offers exactly the pin images.yaml has, at the path cibuildwheel asks for; the
     download path itself is tested with a served archive (test_dropin.py)."""
     target = built_image.target
-    if target.arch not in NATIVE or not target.image.policy.startswith("manylinux"):
-        pytest.skip("cibuildwheel runs the native manylinux images here")
-    if "cp39-cp39" not in target.interpreters:
-        pytest.skip(f"{target.slug} has no cp39, the interpreter cibuildwheel runs its helpers with (a CI subset)")
     asked = {w.tag: w for w in wanted(target.image.libc.name, target.arch)}
     offered = [t for t in target.downloadable if target.spec.data.downloadable[t].implementation == implementation and t in asked]
     assert offered, f"{target.slug} offers no {implementation} cibuildwheel asks for on {target.arch}"

@@ -199,16 +199,29 @@ SERVED = {
 }
 
 
-@pytest.mark.parametrize("implementation", sorted(SERVED))
-def test_manylinux_interpreters_downloads_only_what_its_pin_matches(built_image, tmp_path, implementation):
-    """The download path for real: an interpreter archive served on 127.0.0.1 and pinned by
-    sha256 in the catalog is installed under /opt/python with its frontend; a tampered copy is
-    refused and leaves nothing behind. (The real PyPy and GraalPy archives are not reachable
-    here: their pins are checked against cibuildwheel in tests/unit/test_cibuildwheel_reference.py.)"""
+def _offers(target, implementation: str) -> list[str]:
+    return [t for t in target.downloadable if target.spec.data.downloadable[t].implementation == implementation]
+
+
+def test_manylinux_interpreters_downloads_only_what_its_pin_matches(built_image, tmp_path):
+    """The download path for real: a PyPy-like archive served on 127.0.0.1 and pinned by sha256
+    in the catalog is installed under /opt/python with its frontend; a tampered copy is refused
+    and leaves nothing behind. (The real archives are not reachable here; their pins are checked
+    against cibuildwheel in tests/unit/test_cibuildwheel_reference.py.)"""
+    _served_ensure(built_image, tmp_path, "pypy")
+
+
+@pytest.mark.applies_to.with_args(lambda t: bool(_offers(t, "graalpy")))
+def test_manylinux_interpreters_installs_graalpy_with_its_own_pip(built_image, tmp_path):
+    """The same for a GraalPy-like archive (no pip, no build in it): its own ensurepip brings
+    pip, the locked frontend the rest."""
+    _served_ensure(built_image, tmp_path, "graalpy")
+
+
+def _served_ensure(built_image, tmp_path, implementation: str) -> None:
     target = built_image.target
-    offered = [t for t, f in target.downloadable.items() if target.spec.data.downloadable[t].implementation == implementation]
-    if not offered:
-        pytest.skip(f"{target.slug} offers no {implementation} interpreter")
+    offered = _offers(target, implementation)
+    assert offered, f"{target.slug} offers no {implementation} interpreter"
     tag = offered[-1]  # the newest: pp312-pypy312_pp80, graalpy312-graalpy250_312_native
     tools = target.image.tools_interpreter
     served = tmp_path / "served"
