@@ -44,6 +44,10 @@ class InterpreterBuild:
         return f"/opt/python/{self.tag}"
 
 
+# PEP 599's names of the manylinux policies that have one (PEP 600 keeps them as aliases).
+LEGACY_POLICY_NAMES = {"manylinux_2_5": "manylinux1", "manylinux_2_12": "manylinux2010", "manylinux_2_17": "manylinux2014"}
+
+
 @dataclass(frozen=True)
 class Target:
     """One buildable thing: an image of the spec, for one architecture, in one variant."""
@@ -83,6 +87,12 @@ class Target:
     @property
     def image(self) -> Image:
         return self.spec.images[self.image_name]
+
+    @property
+    def auditwheel_policy(self) -> str:
+        """AUDITWHEEL_POLICY as pypa's images spell it: the PEP 599 name where the policy has one
+        (manylinux2014 is manylinux_2_17; auditwheel knows both), else the PEP 600/656 one."""
+        return LEGACY_POLICY_NAMES.get(self.image.policy, self.image.policy)
 
     @property
     def base(self) -> Base:
@@ -357,6 +367,7 @@ def stage_context(target: Target) -> dict:
     builds = target.interpreter_builds()
     return {
         "policy": target.image.policy,
+        "auditwheel_policy": target.auditwheel_policy,
         "arch": target.arch,
         "platform": target.platform,
         "family": target.base.family,

@@ -90,7 +90,7 @@ def test_stage_layout(target):
     for stage, body in parts.items():
         if stage not in ("build", "native_build", "cross"):  # the stages that compile
             assert not set(build_pkgs) & set(re.findall(r"\b[\w.+-]+-(?:dev|devel)\b", body)), stage
-    assert f"AUDITWHEEL_PLAT={target.image.policy}_{target.arch}" in parts["final"]
+    assert f"AUDITWHEEL_PLAT={target.auditwheel_policy}_{target.arch}" in parts["final"]
     for package in target.toolchain.packages:
         assert package in parts["runtime"]
     assert target.base_ref() in text.splitlines()[text.splitlines().index(parts["runtime"].splitlines()[0])]
@@ -232,3 +232,12 @@ def test_an_interpreter_no_origin_serves_is_left_out_and_announced_everywhere():
     # A subset the user chose is still a partial image.
     chosen = resolve_target(SPEC, "manylinux_2_36", "x86_64", interpreters=["cp313-cp313"]).without({"cp312-cp312": why})
     assert chosen.latest_ref.endswith("latest-partial")
+
+
+def test_auditwheel_policy_is_spelled_as_pypa_spells_it():
+    """pypa's manylinux2014 images set AUDITWHEEL_POLICY=manylinux2014 (PEP 599's name; their
+    Dockerfile's POLICY); the PEP 600 name elsewhere."""
+    old = render_dockerfile(resolve_target(SPEC, "manylinux2014", "x86_64"))
+    assert "AUDITWHEEL_POLICY=manylinux2014 " in old and "AUDITWHEEL_PLAT=manylinux2014_x86_64" in old
+    new = render_dockerfile(resolve_target(SPEC, "manylinux_2_36", "x86_64"))
+    assert "AUDITWHEEL_POLICY=manylinux_2_36 " in new and "AUDITWHEEL_PLAT=manylinux_2_36_x86_64" in new
