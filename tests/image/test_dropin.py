@@ -188,6 +188,22 @@ def test_the_built_image_answers_every_identifier_of_cibuildwheel(host, built_im
     assert offered == set(catalog["downloadable"]) == set(target.downloadable)
 
 
+@pytest.mark.applies_to.with_args(lambda t: t.image.policy.startswith("manylinux"))
+def test_auditwheel_finds_libraries_a_before_all_step_installs_under_usr_local(host, built_image):
+    """pypa's images put /usr/local/lib and /usr/local/lib64 in the loader's configuration: a
+    library a project's before-all step builds there is found by auditwheel repair (which reads
+    ld.so.conf) and by the loader, with no LD_LIBRARY_PATH."""
+    work = "/tmp/usrlocal"
+    lddtree = "from auditwheel.lddtree import load_ld_paths; from auditwheel.libc import Libc; print(*load_ld_paths(Libc.GLIBC)['conf'])"
+    out = run(host, f"mkdir -p {work} /usr/local/lib64 && cd {work} && printf 'int answer(void) {{ return 42; }}\\n' > a.c && "
+                    "gcc -shared -fPIC -o /usr/local/lib64/libmanyforgeprobe.so a.c && ldconfig && "
+                    f"/opt/_internal/tools/bin/python -c \"{lddtree}\" && ldconfig -p | grep libmanyforgeprobe; rc=$?; "
+                    "rm -f /usr/local/lib64/libmanyforgeprobe.so; ldconfig; exit $rc")
+    searched = out.splitlines()[0].split()
+    assert {"/usr/local/lib", "/usr/local/lib64"} <= set(searched), searched
+    assert "/usr/local/lib64/libmanyforgeprobe.so" in out
+
+
 # What the served archive stands for, per implementation: the real archives (python.org,
 # GitHub) cannot be downloaded on our machines, so a real interpreter of the image, laid out
 # like a release of each (one top directory; GraalPy's without pip or build, which its own
