@@ -299,11 +299,14 @@ def image_labels(target: Target) -> dict[str, str]:
     return labels
 
 
-def build_packages(target: Target) -> list[str]:
+def build_packages(target: Target, cross: bool = False) -> list[str]:
     """The family's build-stage packages, with the development package of each library built
-    from source left out (so CPython can only find the built one) and what its build needs added."""
+    from source left out (so CPython can only find the built one) and what its build needs added.
+    Headers the final image carries too (zlib, expat) come with the runtime stage the build stage
+    starts from; a cross stage still installs the target's own."""
     family = vars(family_layer(target.base.family))
     replaced = {p for lib in target.base.libraries for p in family["library_packages"][lib]["replaces"]}
+    replaced |= set() if cross else set(family["runtime_packages"])
     needed = [p for lib in target.base.libraries for p in family["library_packages"][lib]["needs"]]
     packages = [p for p in family["build_packages"] if p not in replaced]
     return packages + [p for p in dict.fromkeys(needed) if p not in packages]
@@ -406,7 +409,7 @@ def cross_compiler(target: Target) -> dict:
         # The target's development packages only; what a library's build runs (perl) is the host's.
         family_libs = family["library_packages"]
         host_tools = {p for lib in target.base.libraries for p in family_libs[lib]["needs"]}
-        out["packages"] = [f"{p}:{arch}" for p in ["libc6-dev", *build_packages(target)] if p not in host_tools]
+        out["packages"] = [f"{p}:{arch}" for p in ["libc6-dev", *build_packages(target, cross=True)] if p not in host_tools]
     if target.toolchain.cross:
         version = target.toolchain.cross.rsplit("-", 1)[-1]
         out["packages"] = [f"{target.toolchain.cross}-{gnu}", f"g++-{version}-{gnu}", *out["packages"]]

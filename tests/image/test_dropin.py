@@ -204,6 +204,20 @@ def test_auditwheel_finds_libraries_a_before_all_step_installs_under_usr_local(h
     assert "/usr/local/lib64/libmanyforgeprobe.so" in out
 
 
+def test_what_pypa_s_images_carry_for_users_is_here(host, built_image):
+    """The headers projects build against and the tools they call in pypa's images
+    (install-runtime-packages.sh: MANYLINUX_DEPS, BASE_TOOLS; git-lfs where the distribution
+    packages it): found by pkg-config and on PATH."""
+    modules = ["glib-2.0", "x11", "xext", "xrender", "gl", "ice", "sm", "zlib", "expat"]
+    missing = [m for m in modules if host.run(f"pkg-config --exists {m}").rc != 0]
+    assert not missing, f"pkg-config finds no {', '.join(missing)}"
+    tools = ["curl --version", "gpg --version", "bison --version"]
+    if built_image.target.base.family in ("apt", "apk"):
+        tools.append("git lfs version")
+    failing = [t for t in tools if host.run(t).rc != 0]
+    assert not failing, failing
+
+
 # What the served archive stands for, per implementation: the real archives (python.org,
 # GitHub) cannot be downloaded on our machines, so a real interpreter of the image, laid out
 # like a release of each (one top directory; GraalPy's without pip or build, which its own
