@@ -223,3 +223,9 @@ def test_unbuilt_reason_is_refused_for_an_arch_the_image_builds(tmp_path):
 def test_unbuilt_reason_is_one_line_of_ascii(tmp_path, reason):
     problems = problems_of(tmp_path, mutated(lambda d: d.setdefault("unbuilt", {}).update({"manylinux_2_99": {"riscv64": reason}})))
     assert any("unbuilt.manylinux_2_99.riscv64" in p for p in problems), problems
+
+
+def test_not_offered_is_refused_for_an_interpreter_the_image_offers(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d["images"]["manylinux_2_36"]["not_offered"].update(
+        {"pp311-pypy311_pp80": "a reason a user could check"})))
+    assert any("images.manylinux_2_36.not_offered.pp311-pypy311_pp80: the image carries or offers" in p for p in problems), problems
