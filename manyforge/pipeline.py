@@ -178,6 +178,14 @@ def fetch(
         return _fetch(spec, cache, targets, origin, seed_dir, address)
 
 
+def buildable(spec: Spec, cache: SourceCache, targets: list[Target], origin: str = "auto") -> list[Target]:
+    """The targets as this site can build them: their CPython and library sources fetched, with
+    the declared fallbacks and left-out interpreters its origins force (what `fetch` returns,
+    without the wheels)."""
+    with cache.filling():
+        return _fetch_sources(spec, cache, targets, origin)
+
+
 def _fetch(
     spec: Spec, cache: SourceCache, targets: list[Target], origin: str, seed_dir: Path | None, mirror: Address | None
 ) -> list[Target]:
