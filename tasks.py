@@ -408,6 +408,7 @@ def benchmark(c, image=None, arch=None, python=None, builder=None, build_host=No
         "arch": "comma-separated architectures (default: all the image declares)",
         "key": "cosign private key (default: $MANYFORGE_COSIGN_KEY); its password in $COSIGN_PASSWORD",
         "subset": "also create the multi-arch index when only some declared arches are pushed (said in its annotations)",
+        "allow_omitted": "publish images built without a declared interpreter no origin of the building site served (said in the index's annotations)",
         "tag": "publish under this release tag (YYYY.MM.DD-N, from `invoke release-tag`) instead of the next free one; "
         "a run with --tag makes the index only when it pushes every arch (or with --subset)",
         "index_only": "push no image; make the index of the arches already pushed under --tag, each verified as signed "
@@ -416,7 +417,7 @@ def benchmark(c, image=None, arch=None, python=None, builder=None, build_host=No
     }
 )
 @_guard
-def publish(c, registry, image=None, arch=None, key=None, subset=False, tag=None, index_only=False, spec=None):
+def publish(c, registry, image=None, arch=None, key=None, subset=False, tag=None, index_only=False, spec=None, allow_omitted=False):
     """Push tested images: <image>_<arch>:<YYYY.MM.DD>-<N> and :latest, the index <image>:<tag>,
     signatures, SBOM attestations and the release catalog (also written to build/releases/)."""
     key_path = key if key is not None else os.environ.get("MANYFORGE_COSIGN_KEY")
@@ -425,7 +426,7 @@ def publish(c, registry, image=None, arch=None, key=None, subset=False, tag=None
     key_file = _path(key_path, "--key" if key is not None else "MANYFORGE_COSIGN_KEY")
     s = _spec(spec)
     catalog = publish_module.publish(
-        s, _image(s, image), _list(arch, "arch"), registry, key_file, subset=subset, tag=tag, index_only=index_only,
+        s, _image(s, image), _list(arch, "arch"), registry, key_file, subset=subset, tag=tag, index_only=index_only, allow_omitted=allow_omitted,
         log=lambda line: print(scrub(line), file=sys.stderr, flush=True),
     )  # fmt: skip
     print(json.dumps(catalog, indent=1))

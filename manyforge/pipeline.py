@@ -43,6 +43,9 @@ from manyforge.spec import REPO_ROOT, Spec, SpecError, Suite, strict_json
 
 BUILD_DIR = REPO_ROOT / "build"
 ORIGINS = ("auto", "upstream", "debian")
+# Interpreters an image is never built without, whatever a site's origins serve: cibuildwheel's
+# helper (it runs /opt/python/cp39-cp39 whatever it builds). The tools interpreter neither.
+REQUIRED_INTERPRETERS = ("cp39-cp39",)
 
 
 class OutputError(Exception):
@@ -177,6 +180,14 @@ def fetch(
         return _fetch(spec, cache, targets, origin, seed_dir, address)
 
 
+def buildable(spec: Spec, cache: SourceCache, targets: list[Target], origin: str = "auto") -> list[Target]:
+    """The targets as this site can build them: their CPython and library sources fetched, with
+    the declared fallbacks and left-out interpreters its origins force (what `fetch` returns,
+    without the wheels)."""
+    with cache.filling():
+        return _fetch_sources(spec, cache, targets, origin)
+
+
 def _fetch(
     spec: Spec, cache: SourceCache, targets: list[Target], origin: str, seed_dir: Path | None, mirror: Address | None
 ) -> list[Target]:
@@ -191,7 +202,7 @@ def _fetch(
         got = fetch_wheels(spec, cache, target.image, target.arch)
         if got:
             log(f"fetched {len(got)} wheel(s) for {target.slug}")
-    frontend_tags = sorted({t for target in targets for t in (*target.interpreters, *target.downloadable)})
+    frontend_tags = sorted({t for target in resolved for t in (*target.interpreters, *target.downloadable)})
     got = fetch_frontend(spec, cache, frontend_tags)
     if got:
         log(f"fetched {len(got)} frontend wheel(s) for {', '.join(frontend_tags)}")
@@ -224,7 +235,7 @@ def _fetch_sources(spec: Spec, cache: SourceCache, targets: list[Target], origin
                 raise SourceError(error)
         if sums:
             check_static_clang_listed(cache, sums, compiler)
-        used = {}
+        used, omitted = {}, {}
         for tag in target.interpreters:
             interp = spec.data.interpreters[tag]
             errors = []
@@ -235,8 +246,14 @@ def _fetch_sources(spec: Spec, cache: SourceCache, targets: list[Target], origin
                     break
                 errors.append(error)
             else:
-                raise SourceError(f"{tag}: no source of CPython {', '.join((interp.cpython, *interp.fallback))} could be fetched:\n" + "\n".join(errors))
-        target = target.with_cpython(used)
+                versions = ", ".join((interp.cpython, *interp.fallback))
+                if tag in REQUIRED_INTERPRETERS or tag == target.image.tools_interpreter:
+                    raise SourceError(f"{tag}: no source of CPython {versions} could be fetched:\n" + "\n".join(errors))
+                omitted[tag] = f"no origin of this site serves CPython {versions}"
+        target = target.without(omitted).with_cpython(used)
+        for tag, why in target.omitted:
+            log(f"WARNING: {target.slug}: {tag}: {why}; the image is built without it "
+                f"(recorded in its Dockerfile header, labels, catalog and SBOM; publishing it needs --allow-omitted)")  # fmt: skip
         for tag, pinned, version in target.substitutions:
             log(f"WARNING: {target.slug}: {tag}: CPython {pinned} is served by none of this site's origins; "
                 f"building {version}, its declared fallback (recorded in the image's labels and manifest)")  # fmt: skip

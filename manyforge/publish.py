@@ -497,6 +497,7 @@ def publish(
     tag: str | None = None,
     index_only: bool = False,
     today: dt.date | None = None,
+    allow_omitted: bool = False,
     log=print,
 ) -> dict[str, Any]:
     """Push the tested images of one image of images.yaml; returns the release's catalog.
@@ -505,7 +506,9 @@ def publish(
     refused if it already names anything else. A run given `tag` makes no index unless it pushes
     every declared arch or `subset` is set: `index_only` (pushing no image) makes the index of
     every declared arch pushed under `tag`, each verified, and fails if one is missing (with
-    `subset`: the index of those that are, said in its annotations).
+    `subset`: the index of those that are, said in its annotations). An image built without a
+    declared interpreter (no origin of its site served it) is published only with `allow_omitted`,
+    and the index says which in its annotations (io.manyforge.cpython-omitted).
     """
     dest = Destination.parse(registry)
     image = spec.image(image_name)
@@ -521,16 +524,17 @@ def publish(
     with tempfile.TemporaryDirectory() as tmp:
         public_key = Path(tmp) / "cosign.pub"
         public_key.write_text(engine.cosign_check_key(key))
-        release = _Release(spec, image_name, dest, key, public_key, subset, log)
+        release = _Release(spec, image_name, dest, key, public_key, subset, log, allow_omitted)
         return release.publish(targets, tag, index_only, _day(today))
 
 
 class _Release:
     """One publish: what it checked before pushing, then pushes, signs and tags."""
 
-    def __init__(self, spec: Spec, image_name: str, dest: Destination, key: Path, public_key: Path, subset: bool, log):
+    def __init__(self, spec: Spec, image_name: str, dest: Destination, key: Path, public_key: Path, subset: bool, log, allow_omitted: bool = False):
         self.spec, self.image_name, self.dest, self.key, self.public_key, self.subset, self.log = (
             spec, image_name, dest, key, public_key, subset, log)  # fmt: skip
+        self.allow_omitted = allow_omitted
         self.declared = list(spec.image(image_name).archs)
         self.index_repo = dest.repository(image_name)
 
@@ -581,6 +585,16 @@ class _Release:
             for arch, (digest, sbom) in others.items():
                 catalog["arches"][arch] = _catalog_entry(spec, self.image_name, dest, arch, tag, sbom) | {"digest": digest}
             catalog["arches"] = {a: catalog["arches"][a] for a in self.declared if a in catalog["arches"]}
+        omitted = self._omitted(catalog)
+        if omitted and not self.allow_omitted:
+            raise PublishError(
+                "nothing pushed: built without declared interpreters (no origin of the building site served them): "
+                + "; ".join(f"{a}: {', '.join(tags)}" for a, tags in omitted.items())
+                + "; --allow-omitted publishes them so, said in the index's annotations (io.manyforge.cpython-omitted)"
+            )
+        if omitted:
+            catalog["omitted"] = omitted
+            log(f"  publishing without declared interpreters (--allow-omitted): {catalog['omitted']}")
 
         # Push and sign everything by digest; no tag yet.
         for arch in chosen:
@@ -643,12 +657,24 @@ class _Release:
             )
         return verified
 
+    def _omitted(self, catalog: dict[str, Any]) -> dict[str, list[str]]:
+        """Per arch of the release, the declared interpreters its image does not carry (its SBOM)."""
+        declared = self.spec.image(self.image_name).interpreters
+        out = {}
+        for arch, entry in catalog["arches"].items():
+            lacking = [t for t in declared if t not in entry["interpreters"]]
+            if lacking:
+                out[arch] = lacking
+        return out
+
     def _make_index(self, catalog: dict[str, Any], tag: str, missing: list[str]) -> str:
         dest = self.dest
         members = catalog["arches"]
         annotations = {"org.opencontainers.image.title": self.image_name, "org.opencontainers.image.version": tag}
         if missing:
             annotations["io.manyforge.subset"] = ",".join(sorted(members))
+        if catalog.get("omitted"):
+            annotations["io.manyforge.cpython-omitted"] = ",".join(f"{a}:{'+'.join(tags)}" for a, tags in catalog["omitted"].items())
         refs = [f"{self.repo(a)}@{entry['digest']}" for a, entry in members.items()]
         index_digest = engine.create_index(self.index_repo, refs, annotations, dest.plain_http)
         catalog["index"] = {"digest": index_digest, "tags": [tag], "arches": sorted(members), "subset": bool(missing)}

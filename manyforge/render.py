@@ -45,6 +45,10 @@ class InterpreterBuild:
         return f"/opt/python/{self.tag}"
 
 
+# PEP 599's names of the manylinux policies that have one (PEP 600 keeps them as aliases).
+LEGACY_POLICY_NAMES = {"manylinux_2_5": "manylinux1", "manylinux_2_12": "manylinux2010", "manylinux_2_17": "manylinux2014"}
+
+
 @dataclass(frozen=True)
 class Target:
     """One buildable thing: an image of the spec, for one architecture, in one variant."""
@@ -61,6 +65,15 @@ class Target:
     # The arch of the machine (or builder node) that runs the build: what it runs natively is
     # built natively, everything else cross-compiled or emulated (see cross_compiles).
     build_host: str = "x86_64"
+    # Declared interpreters left out because no origin of this site serves their release nor a
+    # fallback: (tag, why) pairs, set by the fetch stage, announced like fallbacks.
+    omitted: tuple[tuple[str, str], ...] = ()
+
+    def without(self, omitted: dict[str, str]) -> Target:
+        """This target leaving out the given interpreters (tag -> why), which no origin serves."""
+        return replace(
+            self, interpreters=tuple(t for t in self.interpreters if t not in omitted), omitted=self.omitted + tuple(omitted.items())
+        )
 
     def with_cpython(self, used: dict[str, str]) -> Target:
         """This target building the given CPython release per interpreter tag."""
@@ -78,6 +91,12 @@ class Target:
     @property
     def image(self) -> Image:
         return self.spec.images[self.image_name]
+
+    @property
+    def auditwheel_policy(self) -> str:
+        """AUDITWHEEL_POLICY as pypa's images spell it: the PEP 599 name where the policy has one
+        (manylinux2014 is manylinux_2_17; auditwheel knows both), else the PEP 600/656 one."""
+        return LEGACY_POLICY_NAMES.get(self.image.policy, self.image.policy)
 
     @property
     def base(self) -> Base:
@@ -103,7 +122,8 @@ class Target:
             parts.append(self.base_name)
         if self.toolchain_name != self.image.toolchain:
             parts.append(self.toolchain_name)
-        if self.interpreters != self.image.interpreters:
+        left_out = dict(self.omitted)  # what the site cannot build is announced, not a subset of the user's
+        if self.interpreters != tuple(t for t in self.image.interpreters if t not in left_out):
             parts.append("partial")
         return "-".join(parts)
 
@@ -197,6 +217,8 @@ class Target:
             },
             "frontend_python": f"/opt/python/{self.image.tools_interpreter}/bin/python",
             "fallbacks": {tag: {"pinned": pinned, "built": built} for tag, pinned, built in self.substitutions},
+            # What cibuildwheel may ask for that this image does not have, and why.
+            "not_built": {**dict(self.image.not_offered), **dict(self.omitted)},
             "libraries": {b["name"]: b["version"] for b in self.library_builds()},
         }
 
@@ -298,14 +320,19 @@ def image_labels(target: Target) -> dict[str, str]:
     if target.substitutions:
         # Never silent: an interpreter older than images.yaml pins says so on the image itself.
         labels["io.manyforge.cpython-fallbacks"] = ",".join(f"{t}={v} (pinned {p})" for t, p, v in target.substitutions)
+    if target.omitted:
+        labels["io.manyforge.cpython-omitted"] = ",".join(tag for tag, _ in target.omitted)
     return labels
 
 
-def build_packages(target: Target) -> list[str]:
+def build_packages(target: Target, cross: bool = False) -> list[str]:
     """The family's build-stage packages, with the development package of each library built
-    from source left out (so CPython can only find the built one) and what its build needs added."""
+    from source left out (so CPython can only find the built one) and what its build needs added.
+    Headers the final image carries too (zlib, expat) come with the runtime stage the build stage
+    starts from; a cross stage still installs the target's own."""
     family = vars(family_layer(target.base.family))
     replaced = {p for lib in target.base.libraries for p in family["library_packages"][lib]["replaces"]}
+    replaced |= set() if cross else set(family["runtime_packages"])
     needed = [p for lib in target.base.libraries for p in family["library_packages"][lib]["needs"]]
     packages = [p for p in family["build_packages"] if p not in replaced]
     return packages + [p for p in dict.fromkeys(needed) if p not in packages]
@@ -372,6 +399,7 @@ def stage_context(target: Target) -> dict:
     builds = target.interpreter_builds()
     return {
         "policy": target.image.policy,
+        "auditwheel_policy": target.auditwheel_policy,
         "arch": target.arch,
         "platform": target.platform,
         "family": target.base.family,
@@ -416,7 +444,7 @@ def cross_compiler(target: Target) -> dict:
         # The target's development packages only; what a library's build runs (perl) is the host's.
         family_libs = family["library_packages"]
         host_tools = {p for lib in target.base.libraries for p in family_libs[lib]["needs"]}
-        out["packages"] = [f"{p}:{arch}" for p in ["libc6-dev", *build_packages(target)] if p not in host_tools]
+        out["packages"] = [f"{p}:{arch}" for p in ["libc6-dev", *build_packages(target, cross=True)] if p not in host_tools]
     if target.toolchain.cross:
         version = target.toolchain.cross.rsplit("-", 1)[-1]
         # Debian's package names spell the triplet with `-` for `_` (gcc-12-x86-64-linux-gnu, the
@@ -493,6 +521,7 @@ def render_dockerfile(target: Target, derive_answers: bool = False) -> str:
             native=stage_context(target.native()) if cross else None,
             cross=cross_compiler(target) if cross else None,
             substitutions=target.substitutions,
+            omitted=[tag for tag, _ in target.omitted],
             labels=image_labels(target),
             downloadable=list(target.downloadable),
             answers=recorded_answers(target),
@@ -551,6 +580,7 @@ def sbom_input(target: Target) -> dict:
             for b in target.interpreter_builds()
         ],
         "libraries": target.library_builds(),
+        "omitted": [{"tag": tag, "pinned": spec.data.interpreters[tag].cpython, "reason": why} for tag, why in target.omitted],
         "wheels": {
             "tools": [w.model_dump() for w in wheel_pins(spec, target.image, target.arch)],
             "frontend": {tag: [w.model_dump() for w in spec.frontend_pins(tag)] for tag in target.interpreters},

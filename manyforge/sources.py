@@ -44,7 +44,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from manyforge.arches import ARCHES
-from manyforge.spec import REPO_ROOT, Image, LockedFile, Spec
+from manyforge.spec import REPO_ROOT, Image, LockedFile, Spec, frontend_requirements
 
 CHUNK = 1 << 20
 
@@ -892,7 +892,7 @@ def resolve_frontend(spec: Spec, tag: str, cache: SourceCache | None = None) -> 
     until nothing changes. The files land in the cache as well, verified by their new pins.
     """
     version, env = _target_python(spec, tag)
-    wanted: dict[str, SpecifierSet] = {canonicalize_name(n): SpecifierSet(v) for n, v in spec.data.frontend.items()}
+    wanted: dict[str, SpecifierSet] = {canonicalize_name(n): SpecifierSet(v) for n, v in frontend_requirements(spec.data, tag).items()}
     for _ in range(20):
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [

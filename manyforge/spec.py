@@ -309,6 +309,12 @@ class Libc(_Model):
     version: Version
 
 
+# Why something the consumer (cibuildwheel) asks for is not built or offered: one line of
+# printable ASCII a user can check (no control characters, no newline). It reaches the image only
+# inside its JSON catalog, never a template.
+Reason = Annotated[str, StringConstraints(strict=True, min_length=10, max_length=400, pattern=r"^[ -~]+$")]
+
+
 class Image(_Model):
     policy: Annotated[str, StringConstraints(strict=True, pattern=r"^(manylinux_2_[0-9]+|musllinux_1_[0-9]+)$")]
     libc: Libc
@@ -323,6 +329,9 @@ class Image(_Model):
     optional_tools: tuple[Name, ...] = ()  # installed on the arches their project publishes wheels for
     tool_versions: dict[Name, Version] = {}  # overrides of the top-level tool versions
     downloadable: tuple[InterpreterTag, ...] = ()  # offered by `manylinux-interpreters ensure`
+    # Interpreters cibuildwheel asks for that the image neither carries nor offers, and why:
+    # its catalog says so, and `ensure` of one fails with the reason.
+    not_offered: dict[InterpreterTag, Reason] = {}
 
 
 # A runner label as `runs-on` takes it (GitHub's hosted labels, or a self-hosted runner's).
@@ -353,6 +362,9 @@ class SpecFile(_Model):
     images: dict[RefName, Image] = Field(min_length=1)
     # Which runner of the GitHub workflow builds which arch (manyforge/workflow.py).
     runners: dict[VariantName, Runner] = {}
+    # Image x arch pairs the pinned cibuildwheel has a default image for (its
+    # pinned_docker_images.cfg) that this project does not build, each with its reason.
+    unbuilt: dict[RefName, dict[Arch, Reason]] = {}
 
 
 class LockedFile(_Model):
@@ -643,6 +655,16 @@ def _interpreter_tag_matches(tag: str, interp: Interpreter) -> bool:
     return tag == expected
 
 
+def frontend_requirements(spec: SpecFile, tag: str) -> dict[str, str]:
+    """The frontend (name -> specifier) locked and installed for one interpreter. GraalPy keeps
+    the pip it bundles, patched for it (pypa's images install it with ensurepip and never upgrade
+    it): no pip pin for it."""
+    entry = spec.downloadable.get(tag)
+    if entry is not None and entry.implementation == "graalpy":
+        return {n: s for n, s in spec.frontend.items() if canonicalize_name(n) != "pip"}
+    return dict(spec.frontend)
+
+
 def _check_frontend_lock(spec: SpecFile, frontend: dict[str, tuple[LockedFile, ...]], lock_path: Path) -> list[str]:
     """Every interpreter an image carries or offers has its frontend locked, matching images.yaml."""
     problems = []
@@ -650,7 +672,7 @@ def _check_frontend_lock(spec: SpecFile, frontend: dict[str, tuple[LockedFile, .
     wanted = {t for image in spec.images.values() for t in (*image.interpreters, *image.downloadable) if t in defined}
     for tag in sorted(wanted):
         locked = {canonicalize_name(w.name): w.version for w in frontend.get(tag, ())}
-        for name, specifier in spec.frontend.items():
+        for name, specifier in frontend_requirements(spec, tag).items():
             version = locked.get(canonicalize_name(name))
             if version is None or not SpecifierSet(specifier).contains(version, prereleases=True):
                 problems.append(
@@ -754,6 +776,9 @@ def _cross_check(
                 )
             elif not set(entry.files) & set(image.archs):
                 problems.append(f"{at}.downloadable[{i}]: {tag} has a file for none of the image's archs")
+        for tag in image.not_offered:
+            if tag in image.interpreters or tag in image.downloadable:
+                problems.append(f"{at}.not_offered.{tag}: the image carries or offers {tag}; drop the reason or the interpreter")
         if image.tools_interpreter not in image.interpreters:
             problems.append(f"{at}.tools_interpreter: {image.tools_interpreter!r} is not among the image's interpreters")
         elif spec.interpreters.get(image.tools_interpreter, Interpreter(cpython="3")).free_threaded:
@@ -794,6 +819,10 @@ def _cross_check(
             if not any(arch in i.archs for i in consumers):
                 problems.append(f"{f}: toolchains.{tc_name}.repo_files.{arch}: no image using the toolchain has {arch}")
     problems += _runner_problems(f, spec)
+    for name, reasons in spec.unbuilt.items():
+        for arch in reasons:
+            if name in spec.images and arch in spec.images[name].archs:
+                problems.append(f"{f}: unbuilt.{name}.{arch}: images.{name} builds {arch}; drop the reason or the arch")
     seen_policies: dict[str, str] = {}
     for name, image in spec.images.items():
         if image.policy in seen_policies:

@@ -39,7 +39,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-packages=(docker.io qemu-user-static binfmt-support debootstrap shellcheck xz-utils ca-certificates pigz)
+packages=(docker.io qemu-user-static binfmt-support debootstrap shellcheck xz-utils ca-certificates pigz podman)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

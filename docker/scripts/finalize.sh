@@ -8,6 +8,13 @@ set -euo pipefail
 policy=$1 arch=$2 tools_tag=$3
 shift 3
 
+# Libraries a user's before-all step installs under /usr/local are searched by the loader and
+# found by `auditwheel repair` (it reads ld.so.conf), on every glibc family as in pypa's images.
+if [[ $policy == manylinux* ]]; then
+    printf '/usr/local/lib\n/usr/local/lib64\n' > /etc/ld.so.conf.d/00-manylinux.conf
+    ldconfig
+fi
+
 mkdir -p /opt/python
 manifest=/opt/_internal/manifest.txt
 printf 'policy %s\narch %s\n' "$policy" "$arch" > "$manifest"

@@ -69,6 +69,7 @@ TAG = re.compile(r"cp3[0-9]+-cp3[0-9]+t?|pp3[0-9]+-pypy3[0-9]+_pp[0-9]+|graalpy3
 SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 URL_TEXT = re.compile(r"[!-~]+", re.ASCII)  # printable ASCII, no spaces
 SHORT_TEXT = re.compile(r"[ -~]{0,100}", re.ASCII)
+REASON = re.compile(r"[ -~]{1,400}", re.ASCII)
 USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")
 
 PROBE = (
@@ -302,6 +303,14 @@ def load_catalog() -> dict:
         for key in ("implementation", "version", "python"):
             if key in entry and not (isinstance(entry[key], str) and SHORT_TEXT.fullmatch(entry[key])):
                 raise Failure(f"{where}.{key}: expected a short line of text")
+    not_built = data.get("not_built", {})
+    if not isinstance(not_built, dict):
+        raise Failure(f"{CATALOG}: not_built: expected a mapping of interpreter tag to reason")
+    for tag, why in not_built.items():
+        if not TAG.fullmatch(tag):
+            raise Failure(f"{CATALOG}: not_built.{tag[:60]!r}: not an interpreter tag")
+        if not (isinstance(why, str) and REASON.fullmatch(why)):
+            raise Failure(f"{CATALOG}: not_built.{tag}: expected one line of text")
     helper = data.get("frontend_python")
     if helper is not None and not (isinstance(helper, str) and helper.startswith("/") and URL_TEXT.fullmatch(helper)):
         raise Failure(f"{CATALOG}: frontend_python: expected an absolute path")
@@ -700,10 +709,19 @@ def install(tag: str, entry: dict, catalog: dict, limits: Limits) -> None:
                 raise Failure(f"{shown}: its bin/python {exc}; nothing installed") from None
             frontend = os.path.join(INTERNAL_DIR, "frontend", tag)
             helper = catalog.get("frontend_python")
-            if helper and os.path.isfile(os.path.join(frontend, "requirements.txt")):
+            requirements = os.path.join(frontend, "requirements.txt")
+            if entry.get("implementation") == "graalpy" and os.path.isfile(requirements):
+                # GraalPy keeps the pip it bundles, patched for it (as pypa's images do): its
+                # ensurepip installs it, then that pip installs the rest of the locked frontend.
+                for cmd in ([python, "-m", "ensurepip", "--default-pip"],
+                            [python, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", frontend,
+                             "--require-hashes", "-r", requirements]):  # fmt: skip
+                    if subprocess.run(cmd, check=False).returncode != 0:
+                        raise Failure(f"{tag}: installing its own pip and build into it failed")
+            elif helper and os.path.isfile(requirements):
                 # The image's own pip installs the locked, hash-pinned frontend offline.
                 cmd = [helper, "-m", "pip", "--python", python, "install", "--quiet", "--no-index",
-                       "--find-links", frontend, "--require-hashes", "-r", os.path.join(frontend, "requirements.txt")]  # fmt: skip
+                       "--find-links", frontend, "--require-hashes", "-r", requirements]  # fmt: skip
                 if subprocess.run(cmd, check=False).returncode != 0:
                     raise Failure(f"{tag}: installing pip and build into it failed")
             os.makedirs(PYTHON_DIR, exist_ok=True)
@@ -729,6 +747,10 @@ def install(tag: str, entry: dict, catalog: dict, limits: Limits) -> None:
 
 def cmd_ensure(tags: list[str], catalog: dict, limits: Limits) -> int:
     known = known_tags(catalog)
+    not_built = catalog.get("not_built", {})
+    missing = [t for t in tags if t not in known and t in not_built]
+    if missing:
+        raise Failure("; ".join(f"{t} is not built in this image: {not_built[t]}" for t in missing))
     unknown = [t for t in tags if t not in known]
     if unknown:
         raise Failure(f"unknown interpreter(s): {', '.join(unknown)}; this image knows: {', '.join(known)}")

@@ -70,7 +70,9 @@ def main(input_path: str, output_path: str) -> int:
     bom = Bom()
     bom.metadata.component = Component(
         type=ComponentType.CONTAINER, name=f"{image['org']}/{image['name']}_{image['arch']}", version=image["policy"],
-        bom_ref="image", properties=[prop("policy", image["policy"]), prop("arch", image["arch"])],
+        bom_ref="image", properties=[prop("policy", image["policy"]), prop("arch", image["arch"]),
+                                     # declared interpreters this site could not build: never silent
+                                     *(prop("cpython-omitted", f"{o['tag']} (pinned {o['pinned']}): {o['reason']}") for o in data.get("omitted", []))],
     )  # fmt: skip
 
     release = os_release()

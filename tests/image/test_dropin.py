@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from consumer import gaps, wanted
 
 from manyforge import engine
 
@@ -173,32 +174,101 @@ class _Server:
         self.httpd.server_close()
 
 
-def test_manylinux_interpreters_downloads_only_what_its_pin_matches(built_image, tmp_path):
-    """The download path for real: an interpreter archive served on 127.0.0.1 and pinned by
-    sha256 in the catalog is installed under /opt/python; a tampered copy is refused and leaves
-    nothing behind."""
+def test_the_built_image_answers_every_identifier_of_cibuildwheel(host, built_image):
+    """What the pinned cibuildwheel asks of this image (tests/consumer.py, from cibuildwheel
+    itself), against what the built image has: /opt/python, and its catalog (what `ensure` offers
+    on this arch, and what it declares as not built here). A subset build (`--python`) leaves out
+    the declared interpreters it was asked to leave out, and only those."""
     target = built_image.target
-    if not target.downloadable:
-        pytest.skip(f"{target.slug} offers no downloadable interpreter")
-    tag = next(iter(target.downloadable))
+    catalog = json.loads(run(host, "cat /opt/_internal/manylinux-interpreters.json"))
+    carried = set(run(host, "manylinux-interpreters list --installed").split())
+    want = [w for w in wanted(target.image.libc.name, target.arch) if w.tag in target.interpreters or w.tag not in target.image.interpreters]
+    assert not gaps(want, carried, catalog, target.arch)
+    offered = set(run(host, "manylinux-interpreters list").split()) - carried
+    assert offered == set(catalog["downloadable"]) == set(target.downloadable)
+
+
+@pytest.mark.applies_to.with_args(lambda t: t.image.policy.startswith("manylinux"))
+def test_auditwheel_finds_libraries_a_before_all_step_installs_under_usr_local(host, built_image):
+    """pypa's images put /usr/local/lib and /usr/local/lib64 in the loader's configuration: a
+    library a project's before-all step builds there is found by auditwheel repair (which reads
+    ld.so.conf) and by the loader, with no LD_LIBRARY_PATH."""
+    work = "/tmp/usrlocal"
+    lddtree = "from auditwheel.lddtree import load_ld_paths; from auditwheel.libc import Libc; print(*load_ld_paths(Libc.GLIBC)['conf'])"
+    out = run(host, f"mkdir -p {work} /usr/local/lib64 && cd {work} && printf 'int answer(void) {{ return 42; }}\\n' > a.c && "
+                    "gcc -shared -fPIC -o /usr/local/lib64/libmanyforgeprobe.so a.c && ldconfig && "
+                    f"/opt/_internal/tools/bin/python -c \"{lddtree}\" && ldconfig -p | grep libmanyforgeprobe; rc=$?; "
+                    "rm -f /usr/local/lib64/libmanyforgeprobe.so; ldconfig; exit $rc")
+    searched = out.splitlines()[0].split()
+    assert {"/usr/local/lib", "/usr/local/lib64"} <= set(searched), searched
+    assert "/usr/local/lib64/libmanyforgeprobe.so" in out
+
+
+def test_what_pypa_s_images_carry_for_users_is_here(host, built_image):
+    """The headers projects build against and the tools they call in pypa's images
+    (install-runtime-packages.sh: MANYLINUX_DEPS, BASE_TOOLS; git-lfs where the distribution
+    packages it): found by pkg-config and on PATH."""
+    modules = ["glib-2.0", "x11", "xext", "xrender", "gl", "ice", "sm", "zlib", "expat"]
+    missing = [m for m in modules if host.run(f"pkg-config --exists {m}").rc != 0]
+    assert not missing, f"pkg-config finds no {', '.join(missing)}"
+    tools = ["curl --version", "gpg --version", "bison --version"]
+    if built_image.target.base.family in ("apt", "apk"):
+        tools.append("git lfs version")
+    failing = [t for t in tools if host.run(t).rc != 0]
+    assert not failing, failing
+
+
+# What the served archive stands for, per implementation: the real archives (python.org,
+# GitHub) cannot be downloaded on our machines, so a real interpreter of the image, laid out
+# like a release of each (one top directory; GraalPy's without pip or build, which its own
+# ensurepip and the locked frontend bring), is served on 127.0.0.1 and pinned in a catalog.
+SERVED = {
+    "pypy": "cp -a $(readlink -f /opt/python/{tools}) /tmp/interp-1.0",
+    "graalpy": "cp -a $(readlink -f /opt/python/{tools}) /tmp/interp-1.0 && rm -rf /tmp/interp-1.0/lib/python3*/site-packages/*"
+               " /tmp/interp-1.0/bin/pip* && mv /tmp/interp-1.0/bin/python3 /tmp/interp-1.0/bin/graalpy && rm /tmp/interp-1.0/bin/python",
+}
+
+
+def _offers(target, implementation: str) -> list[str]:
+    return [t for t in target.downloadable if target.spec.data.downloadable[t].implementation == implementation]
+
+
+def test_manylinux_interpreters_downloads_only_what_its_pin_matches(built_image, tmp_path):
+    """The download path for real: a PyPy-like archive served on 127.0.0.1 and pinned by sha256
+    in the catalog is installed under /opt/python with its frontend; a tampered copy is refused
+    and leaves nothing behind. (The real archives are not reachable here; their pins are checked
+    against cibuildwheel in tests/unit/test_cibuildwheel_reference.py.)"""
+    _served_ensure(built_image, tmp_path, "pypy")
+
+
+@pytest.mark.applies_to.with_args(lambda t: bool(_offers(t, "graalpy")))
+def test_manylinux_interpreters_installs_graalpy_with_its_own_pip(built_image, tmp_path):
+    """The same for a GraalPy-like archive (no pip, no build in it): its own ensurepip brings
+    pip, the locked frontend the rest."""
+    _served_ensure(built_image, tmp_path, "graalpy")
+
+
+def _served_ensure(built_image, tmp_path, implementation: str) -> None:
+    target = built_image.target
+    offered = _offers(target, implementation)
+    assert offered, f"{target.slug} offers no {implementation} interpreter"
+    tag = offered[-1]  # the newest: pp312-pypy312_pp80, graalpy312-graalpy250_312_native
     tools = target.image.tools_interpreter
     served = tmp_path / "served"
     served.mkdir()
     tmp_path.chmod(0o777)
     served.chmod(0o777)
-    # A real, relocatable interpreter as the archive: the image's tools CPython, packed the way
-    # PyPy's releases are (one top directory).
-    pack = f"cp -a $(readlink -f /opt/python/{tools}) /tmp/interp-1.0 && tar -C /tmp -cjf /w/served/interp.tar.bz2 interp-1.0"
+    pack = SERVED[implementation].format(tools=tools) + " && tar -C /tmp -czf /w/served/interp.tar.gz interp-1.0"
     packed = engine.run_container(built_image.ref, target.arch, ["bash", "-c", pack], mounts={str(tmp_path): "/w"}, writable=(str(tmp_path),))
     assert packed.returncode == 0, packed.stderr
-    archive = served / "interp.tar.bz2"
+    archive = served / "interp.tar.gz"
     good = archive.read_bytes()
     server = _Server(served)
     try:
         catalog = {
             "downloadable": {
-                tag: {"implementation": "pypy", "version": "7.3", "python": "3.11",
-                      "url": f"http://127.0.0.1:{server.port}/interp.tar.bz2",
+                tag: {"implementation": implementation, "version": "1.0", "python": target.spec.data.downloadable[tag].python,
+                      "url": f"http://127.0.0.1:{server.port}/interp.tar.gz",
                       "sha256": hashlib.sha256(good).hexdigest()}  # fmt: skip
             },
             "frontend_python": f"/opt/python/{tools}/bin/python",
@@ -208,9 +278,10 @@ def test_manylinux_interpreters_downloads_only_what_its_pin_matches(built_image,
         state = "ls -a /opt/python /opt/_internal | md5sum"
 
         def ensure() -> engine.ContainerRun:
+            python = f"/opt/python/{tag}/bin/python"
             script = (
                 f"{state}; manylinux-interpreters ensure {tag} 2>&1; rc=$?; {state}; "
-                f"if [ $rc = 0 ]; then /opt/python/{tag}/bin/python -m build --version; fi; exit $rc"
+                f"if [ $rc = 0 ]; then {python} -m pip --version; {python} -m build --version; fi; exit $rc"
             )
             return engine.run_container(
                 built_image.ref, target.arch, ["bash", "-c", script], mounts={str(tmp_path): "/w"}, network="host",
@@ -228,7 +299,13 @@ def test_manylinux_interpreters_downloads_only_what_its_pin_matches(built_image,
         accepted = ensure()
         assert accepted.returncode == 0, accepted.stdout + accepted.stderr
         assert f"installing '{tag}'" in accepted.stdout
-        assert accepted.stdout.strip().splitlines()[-1].startswith("build ")
+        pip, build = accepted.stdout.strip().splitlines()[-2:]
+        assert build.startswith("build ")
+        locked = {f.name: f.version for f in target.spec.frontend_pins(tag)}
+        if implementation == "graalpy":  # its own pip, from its ensurepip; none locked
+            assert "pip" not in locked and pip.startswith("pip ")
+        else:
+            assert pip.startswith(f"pip {locked['pip']} ")
     finally:
         server.close()
 

@@ -94,8 +94,9 @@ SPEC_CASES = [
     ("policy-not-in-policies", edit("policy: manylinux_2_31\n", "policy: manylinux_2_33\n"), "manylinux_2_33"),
     ("unknown-arch", edit("archs: [x86_64, i686, aarch64, armv7l]\n    interpreters", "archs: [x86_64, sparc64]\n    interpreters"),
      "images.manylinux_2_31.archs[1]: 'sparc64' is not allowed"),
-    ("interpreters-not-a-list", edit("interpreters: [cp39-cp39, cp311-cp311, cp313-cp313, cp313-cp313t]", "interpreters: cp39-cp39"),
-     "images.manylinux_2_36.interpreters"),
+    ("interpreters-not-a-list", edit("interpreters: [cp39-cp39, cp310-cp310, cp311-cp311, cp312-cp312, cp313-cp313, cp313-cp313t,\n"
+                                     "                   cp314-cp314, cp314-cp314t, cp315-cp315, cp315-cp315t]", "interpreters: cp39-cp39"),
+     "images.manylinux2014.interpreters"),
     ("unknown-tool", edit("optional_tools: [cmake, ninja, uv]\n", "optional_tools: [cmake, ninja, uv, mystery]\n"),
      "images.manylinux2014.optional_tools[3]: unknown tool 'mystery'"),
     ("bad-download-sha", edit("sha256: c73ac2cc2380ac9227fd297482bf2a3e17a80618ba46db7544d535515321ec1e", "sha256: nothex"),

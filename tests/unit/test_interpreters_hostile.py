@@ -271,6 +271,47 @@ def test_an_archive_naming_its_interpreter_pypy3_gets_a_bin_python(opt, server):
     assert os.readlink(opt / "opt" / "_internal" / TAG / "bin" / "python") == "pypy3"
 
 
+GRAALPY = "graalpy312-graalpy250_312_native"
+
+
+def test_graalpy_keeps_its_own_pip_and_gets_the_rest_of_its_frontend(opt, server):
+    """GraalPy's bin/graalpy gets a bin/python; its frontend is installed by its own bundled pip
+    (ensurepip first, as pypa's images do), not by the image's pip, offline and hash-checked."""
+    log = opt / "calls.log"
+    fake = (f"#!/bin/sh\nif [ \"$1\" = -c ]; then echo '{json.dumps(PROBE_ANSWER)}'; else echo \"$*\" >> {log}; fi\n").encode()
+    top = "graalpy-25.0.3-linux-amd64"
+    members = [member(top, kind=tarfile.DIRTYPE), member(f"{top}/bin", kind=tarfile.DIRTYPE), member(f"{top}/bin/graalpy", fake, mode=0o755)]
+    data = tar_bytes(members)
+    server.routes["/graalpy.tar.gz"] = body(data)
+    url, sha256 = server.url("/graalpy.tar.gz"), hashlib.sha256(data).hexdigest()
+    entry = {"implementation": "graalpy", "version": "25.0.3", "python": "3.12", "url": url, "sha256": sha256}
+    helper = opt / "helper-python"  # the image's own pip must not be the one that runs
+    helper.write_text(f"#!/bin/sh\necho helper \"$*\" >> {log}\nexit 1\n")
+    helper.chmod(0o755)
+    (opt / "catalog.json").write_text(json.dumps({"downloadable": {GRAALPY: entry}, "frontend_python": str(helper)}))
+    frontend = opt / "opt" / "_internal" / "frontend" / GRAALPY
+    frontend.mkdir(parents=True)
+    (frontend / "requirements.txt").write_text("build==1.6.1 --hash=sha256:" + "0" * 64 + "\n")
+    proc = run(opt, "ensure", GRAALPY)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert os.readlink(opt / "opt" / "_internal" / GRAALPY / "bin" / "python") == "graalpy"
+    assert log.read_text().splitlines() == [
+        "-m ensurepip --default-pip",
+        f"-m pip install --quiet --no-index --find-links {frontend} --require-hashes -r {frontend}/requirements.txt",
+    ]
+    listed = json.loads(run(opt, "list", "--format", "json").stdout)
+    assert [i["identifier"] for i in listed] == [GRAALPY] and listed[0]["installed"] is True
+
+
+def test_ensure_of_an_interpreter_the_image_does_not_build_names_the_reason(opt):
+    reason = "GraalPy 25.3.4.1 for Linux: no public sha256 of its archives was found here"
+    (opt / "catalog.json").write_text(json.dumps({"downloadable": {}, "not_built": {"graalpy313-graalpy253_313_native": reason}}))
+    proc = run(opt, "ensure", "graalpy313-graalpy253_313_native")
+    assert_refused(proc, "graalpy313-graalpy253_313_native is not built in this image: " + reason)
+    assert run(opt, "list").stdout.split() == []  # not offered, so not listed
+    assert state(opt) == ["_internal", "python"]
+
+
 def test_credentials_in_the_url_go_to_the_server_and_nowhere_else(opt, server):
     archive = tar_bytes(interpreter())
     token = "Basic " + base64.b64encode(f"mirror:{SECRET}".encode()).decode()
@@ -564,6 +605,9 @@ CATALOGS = {
     "sha256-with-a-newline": ({"downloadable": {TAG: _entry(sha256="a" * 64 + "\n")}}, "sha256: expected 64 lowercase hex digits"),
     "version-a-number": ({"downloadable": {TAG: _entry(version=7.3)}}, "version: expected a short line of text"),
     "frontend-a-number": ({"downloadable": {}, "frontend_python": 3}, "frontend_python: expected an absolute path"),
+    "not-built-a-list": ({"downloadable": {}, "not_built": ["x"]}, "not_built: expected a mapping"),
+    "not-built-bad-tag": ({"downloadable": {}, "not_built": {"../x": "some reason"}}, "not an interpreter tag"),
+    "not-built-newline": ({"downloadable": {}, "not_built": {TAG: "a\nb"}}, "expected one line of text"),
 }
 
 

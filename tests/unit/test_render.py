@@ -90,7 +90,7 @@ def test_stage_layout(target):
     for stage, body in parts.items():
         if stage not in ("build", "native_build", "cross"):  # the stages that compile
             assert not set(build_pkgs) & set(re.findall(r"\b[\w.+-]+-(?:dev|devel)\b", body)), stage
-    assert f"AUDITWHEEL_PLAT={target.image.policy}_{target.arch}" in parts["final"]
+    assert f"AUDITWHEEL_PLAT={target.auditwheel_policy}_{target.arch}" in parts["final"]
     for package in target.toolchain.packages:
         assert package in parts["runtime"]
     assert target.base_ref() in text.splitlines()[text.splitlines().index(parts["runtime"].splitlines()[0])]
@@ -212,3 +212,35 @@ def test_packages_check_asks_for_the_cross_stage_packages_on_the_build_host(targ
 
 def test_packages_check_of_a_native_image_asks_once():
     assert len(packages_checks(resolve_target(SPEC, "manylinux_2_36", "x86_64"))) == 1
+
+
+def test_an_interpreter_no_origin_serves_is_left_out_and_announced_everywhere():
+    """Issue 19, item 2: the image declares it; the site that cannot fetch it builds without it,
+    never silently: Dockerfile header, label, catalog (ensure names the reason), SBOM input; the
+    tags stay the image's own (not -partial: the user asked for everything)."""
+    from manyforge.render import image_labels, sbom_input
+
+    full = resolve_target(SPEC, "manylinux_2_36", "x86_64")
+    why = "no origin of this site serves CPython 3.12.13"
+    target = full.without({"cp312-cp312": why})
+    assert "cp312-cp312" not in target.interpreters and target.interpreters == tuple(t for t in full.interpreters if t != "cp312-cp312")
+    assert target.latest_ref == full.latest_ref
+    dockerfile = render_dockerfile(target)
+    assert "# OMITTED: cp312-cp312 is not in this image" in dockerfile
+    assert "cpython_cp312_cp312" not in dockerfile and "cpython_cp312_cp312" in render_dockerfile(full)
+    assert image_labels(target)["io.manyforge.cpython-omitted"] == "cp312-cp312"
+    assert "io.manyforge.cpython-omitted" not in image_labels(full)
+    assert target.catalog()["not_built"]["cp312-cp312"] == why
+    assert sbom_input(target)["omitted"] == [{"tag": "cp312-cp312", "pinned": "3.12.13", "reason": why}]
+    # A subset the user chose is still a partial image.
+    chosen = resolve_target(SPEC, "manylinux_2_36", "x86_64", interpreters=["cp313-cp313"]).without({"cp312-cp312": why})
+    assert chosen.latest_ref.endswith("latest-partial")
+
+
+def test_auditwheel_policy_is_spelled_as_pypa_spells_it():
+    """pypa's manylinux2014 images set AUDITWHEEL_POLICY=manylinux2014 (PEP 599's name; their
+    Dockerfile's POLICY); the PEP 600 name elsewhere."""
+    old = render_dockerfile(resolve_target(SPEC, "manylinux2014", "x86_64"))
+    assert "AUDITWHEEL_POLICY=manylinux2014 " in old and "AUDITWHEEL_PLAT=manylinux2014_x86_64" in old
+    new = render_dockerfile(resolve_target(SPEC, "manylinux_2_36", "x86_64"))
+    assert "AUDITWHEEL_POLICY=manylinux_2_36 " in new and "AUDITWHEEL_PLAT=manylinux_2_36_x86_64" in new

@@ -48,7 +48,7 @@ def test_unknown_key_names_path_and_allowed_keys(tmp_path):
     assert problems == [
         "images.yaml: images.manylinux_2_36.archz: unknown key; allowed keys here: policy, libc, base, "
         "base_variants, toolchain, toolchain_variants, archs, interpreters, tools_interpreter, tools, "
-        "optional_tools, tool_versions, downloadable"
+        "optional_tools, tool_versions, downloadable, not_offered"
     ]
 
 
@@ -129,12 +129,12 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 def test_downloadable_interpreters_are_checked(tmp_path):
     def hostile_url(d):
-        d["downloadable"]["pp311-pypy311_pp73"]["files"]["x86_64"]["url"] = "https://example.invalid/x.tar.bz2\nRUN evil"
+        d["downloadable"]["pp311-pypy311_pp80"]["files"]["x86_64"]["url"] = "https://example.invalid/x.tar.bz2\nRUN evil"
 
     problems = problems_of(tmp_path, mutated(hostile_url))
-    assert len(problems) == 1 and problems[0].startswith("images.yaml: downloadable.pp311-pypy311_pp73.files.x86_64.url: ")
+    assert len(problems) == 1 and problems[0].startswith("images.yaml: downloadable.pp311-pypy311_pp80.files.x86_64.url: ")
     problems = problems_of(tmp_path, mutated(lambda d: d["images"]["manylinux_2_36"]["downloadable"].append("pp399-pypy399_pp73")))
-    assert any("images.manylinux_2_36.downloadable[2]: unknown interpreter 'pp399-pypy399_pp73'" in p for p in problems), problems
+    assert any("images.manylinux_2_36.downloadable[5]: unknown interpreter 'pp399-pypy399_pp73'" in p for p in problems), problems
 
 
 def test_frontend_takes_version_specifiers(tmp_path):
@@ -211,3 +211,21 @@ def test_cli_unknown_image_and_arch_list_choices():
     proc = run_invoke("render", "--image", "manylinux_2_34", "--toolchain", "gcc-toolset-9")
     assert proc.returncode == 2
     assert "choose one of: gcc-toolset-14, gcc-toolset-13" in proc.stderr
+
+
+def test_unbuilt_reason_is_refused_for_an_arch_the_image_builds(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d.setdefault("unbuilt", {}).update(
+        {"manylinux_2_36": {"x86_64": "a reason a user could check"}})))
+    assert any("unbuilt.manylinux_2_36.x86_64: images.manylinux_2_36 builds x86_64" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("reason", ["short", "x\nRUN id", "caf\u00e9 is closed here", "y" * 401])
+def test_unbuilt_reason_is_one_line_of_ascii(tmp_path, reason):
+    problems = problems_of(tmp_path, mutated(lambda d: d.setdefault("unbuilt", {}).update({"manylinux_2_99": {"riscv64": reason}})))
+    assert any("unbuilt.manylinux_2_99.riscv64" in p for p in problems), problems
+
+
+def test_not_offered_is_refused_for_an_interpreter_the_image_offers(tmp_path):
+    problems = problems_of(tmp_path, mutated(lambda d: d["images"]["manylinux_2_36"]["not_offered"].update(
+        {"pp311-pypy311_pp80": "a reason a user could check"})))
+    assert any("images.manylinux_2_36.not_offered.pp311-pypy311_pp80: the image carries or offers" in p for p in problems), problems
