@@ -469,6 +469,17 @@ def library_pins(spec: Spec, names: Iterable[str]) -> list[Pin]:
     return [Pin(libs[n].filename, libs[n].sha256, libs[n].url, libs[n].debian) for n in names]  # type: ignore[index]
 
 
+def source_tool_pins(spec: Spec, names: Iterable[str]) -> list[Pin]:
+    tools = spec.data.source_tools
+    return [Pin(tools[n].filename, tools[n].sha256, tools[n].url, tools[n].debian) for n in names]  # type: ignore[index]
+
+
+def git_lfs_pins(spec: Spec, arches: Iterable[str]) -> list[Pin]:
+    """git-lfs's release archive for each arch (images.yaml `git_lfs`)."""
+    files = spec.data.git_lfs.files if spec.data.git_lfs else {}
+    return [Pin(files[a].filename, files[a].sha256, files[a].url) for a in arches if a in files]  # type: ignore[index]
+
+
 def static_clang_pins(spec: Spec, build_hosts: Iterable[str]) -> list[Pin]:
     """The static clang+LLD archive of each build host (images.yaml `static_clang`)."""
     release = spec.data.static_clang
@@ -508,7 +519,11 @@ def all_pins(spec: Spec) -> list[Pin]:
     clang = static_clang_pins(spec, spec.data.static_clang.files if spec.data.static_clang else ())
     sums = static_clang_sums_pin(spec)
     clang += [sums] if sums else []
-    pins = {p.filename: p for p in [*(cpython_pin(spec, v) for v in spec.data.cpython), *library_pins(spec, spec.data.libraries), *clang]}
+    tools = [*source_tool_pins(spec, spec.data.source_tools), *git_lfs_pins(spec, spec.data.git_lfs.files if spec.data.git_lfs else ())]
+    pins = {
+        p.filename: p
+        for p in [*(cpython_pin(spec, v) for v in spec.data.cpython), *library_pins(spec, spec.data.libraries), *tools, *clang]
+    }
     for files in [*spec.wheels.values(), *spec.frontend.values()]:
         for w in files:
             pins[w.filename] = Pin(w.filename, w.sha256)

@@ -121,6 +121,13 @@ DebianPoolPath = Annotated[
 ]
 # The libraries docker/scripts/build-library.sh knows how to build.
 LibraryName = Literal["openssl", "sqlite", "zstd"]
+# The tools docker/scripts/build-tool.sh knows how to build, in the order a base builds them
+# (curl before the git that links it, autoconf before automake, Tcl before Tk): tools users
+# call, or (Tcl/Tk) link against, that a base packages older than pypa's images carry them.
+SOURCE_TOOL_ORDER = ("curl", "git", "autoconf", "automake", "libtool", "tcl", "tk")
+SourceToolName = Literal["curl", "git", "autoconf", "automake", "libtool", "tcl", "tk"]
+# Tools one needs the other of, in the same base: Tk's build reads Tcl's tclConfig.sh.
+SOURCE_TOOL_NEEDS = {"tk": "tcl"}
 
 
 class LibrarySource(_Model):
@@ -207,6 +214,30 @@ class StaticClangFile(_Model):
         return self.url.rsplit("/", 1)[1]
 
 
+class GitLfsFile(_Model):
+    url: Annotated[HttpsUrl, StringConstraints(pattern=rf"^https://{_HOST}(?:/{_SEGMENT})*/{_FILE}\.tar\.gz$")]
+    sha256: Sha256
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[1]
+
+
+class GitLfs(_Model):
+    """git-lfs's own release archives (a static Go binary per arch), for bases whose
+    distribution does not package it: checked by sha256 and unpacked into the final image."""
+
+    version: Version
+    files: dict[Arch, GitLfsFile] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_release(self) -> GitLfs:
+        for arch, f in self.files.items():
+            if f"-v{self.version}." not in f.filename:
+                raise ValueError(f"files.{arch}: {f.filename} is not a file of git-lfs {self.version}")
+        return self
+
+
 class StaticClang(_Model):
     """A statically linked clang+LLD release, one archive per build host: it runs on any
     distribution of the build host's arch, so a cross stage needs no clang of its own release."""
@@ -252,6 +283,11 @@ class Base(_Model):
     emulated: tuple[Arch, ...] = ()
     # Libraries the release lacks in a version the interpreters need: built from `libraries`.
     libraries: tuple[LibraryName, ...] = ()
+    # Tools the release packages older than pypa's images carry (or, Tcl/Tk, in a version
+    # CPython's tkinter should not link): built from `source_tools` into /usr/local.
+    source_tools: tuple[SourceToolName, ...] = ()
+    # git-lfs from its release archive (`git_lfs`), where the distribution packages none.
+    git_lfs_release: StrictBool = False
     # Repositories to enable before installing (e.g. CodeReady Builder, which has gdbm-devel).
     repositories: tuple[Name, ...] = ()
     # Where the release's packages live when its own mirrors are gone (CentOS 7: the vault).
@@ -351,6 +387,9 @@ class SpecFile(_Model):
     org: RefName
     cpython: dict[Version, CPythonSource]
     libraries: dict[LibraryName, LibrarySource] = {}
+    # Tools built from source for bases whose own are older than pypa's (Base.source_tools).
+    source_tools: dict[SourceToolName, LibrarySource] = {}
+    git_lfs: GitLfs | None = None
     # The cross stages' compiler where a base chooses `cross_compiler: static-clang`.
     static_clang: StaticClang | None = None
     interpreters: dict[Annotated[str, StringConstraints(pattern=r"^cp3[0-9]+-cp3[0-9]+t?$")], Interpreter]
@@ -721,6 +760,19 @@ def _cross_check(
                     f"{f}: bases.{base_name}.libraries[{i}]: {lib!r} has no pinned source under libraries; "
                     f"pinned: {', '.join(spec.libraries) or 'none'}"
                 )
+        for i, built in enumerate(declared.source_tools):
+            if built not in spec.source_tools:
+                problems.append(
+                    f"{f}: bases.{base_name}.source_tools[{i}]: {built!r} has no pinned source under source_tools; "
+                    f"pinned: {', '.join(spec.source_tools) or 'none'}"
+                )
+            needed = SOURCE_TOOL_NEEDS.get(built)
+            if needed and needed not in declared.source_tools:
+                problems.append(f"{f}: bases.{base_name}.source_tools[{i}]: {built} is built against {needed}: list {needed} too")
+        if declared.git_lfs_release:
+            missing = [a for a in declared.archs if spec.git_lfs is None or a not in spec.git_lfs.files]
+            if missing:
+                problems.append(f"{f}: bases.{base_name}.git_lfs_release: git_lfs.files has no archive for {', '.join(missing)}")
     for tag, offered in spec.downloadable.items():
         problems += [f"{f}: downloadable.{tag}: {p}" for p in _downloadable_problems(tag, offered)]
     for version, source in spec.cpython.items():

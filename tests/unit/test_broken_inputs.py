@@ -124,7 +124,7 @@ SPEC_CASES = [
     ("suite-plus", edit("debootstrap: bookworm", "debootstrap: bookworm+x"), "bases.debian12.debootstrap"),
     ("suite-option", edit("debootstrap: bookworm", 'debootstrap: "--print-debs"'), "bases.debian12.debootstrap"),
     ("base-name-uppercase", edit("  debian12:\n    family: apt", "  Debian12:\n    family: apt"), "bases.Debian12"),
-    ("library-twice", edit("libraries: [openssl, sqlite, zstd]\n  almalinux8", "libraries: [openssl, sqlite, openssl]\n  almalinux8"),
+    ("library-twice", edit("libraries: [openssl, sqlite, zstd]\n    # git 1.8.3", "libraries: [openssl, sqlite, openssl]\n    # git 1.8.3"),
      "bases.centos7: libraries: listed twice: openssl"),
     ("package-twice", edit("packages: [libffi8, libssl3]", "packages: [libffi8, libffi8]"), "listed twice: libffi8"),
     ("mirror-on-apt", edit("    packages: [libffi8, libssl3]", "    packages: [libffi8, libssl3]\n    mirror: https://example.org"),
@@ -164,6 +164,36 @@ SPEC_CASES = [
     ("tool-version-not-locked", edit('tool_versions: {cmake: "4.0.3"', 'tool_versions: {cmake: "9.9.9"'),
      "no arch of the image has a pin for cmake==9.9.9"),
     ("deep-nesting", raw(b"a: " + b"[" * 20000 + b"]" * 20000 + b"\n"), "images.yaml: nested too deeply"),
+    # From-source tools and git-lfs's release archives (issue 19, item 5).
+    ("source-tool-unknown", edit("source_tools: [git, autoconf, automake, libtool]  # EL8", "source_tools: [git, cmake]  # EL8"),
+     "bases.almalinux8.source_tools[1]: 'cmake' is not allowed"),
+    ("source-tool-unpinned", edit("  libtool:\n    # [debian] trixie", "  libtool-gone:\n    # [debian] trixie"),
+     "source_tools.libtool-gone.[key]: 'libtool-gone' is not allowed"),
+    ("source-tool-not-pinned", edit("  tk:\n    # [pypa] TK_HASH = [debian] forky's tk8.6_8.6.18.orig.tar.gz (upstream's file unchanged).\n"
+                                    "    version: \"8.6.18\"\n    url: https://prdownloads.sourceforge.net/tcl/tk8.6.18-src.tar.gz\n"
+                                    "    debian: pool/main/t/tk8.6/tk8.6_8.6.18.orig.tar.gz\n"
+                                    "    sha256: 95cd528a80f5e4bdb557af9b14a7197d6860793a3894e25e7c9fad2ed05d4c3c\n", ""),
+     "bases.centos7.source_tools[6]: 'tk' has no pinned source under source_tools"),
+    ("tk-without-tcl", edit("source_tools: [curl, git, autoconf, automake, libtool, tcl, tk]", "source_tools: [curl, git, autoconf, automake, libtool, tk]"),
+     "bases.centos7.source_tools[5]: tk is built against tcl: list tcl too"),
+    ("source-tool-twice", edit("source_tools: [git, autoconf, automake, libtool]  # EL8", "source_tools: [git, git]  # EL8"),
+     "bases.almalinux8: source_tools: listed twice: git"),
+    ("source-tool-url-substitution", edit("https://www.kernel.org/pub/software/scm/git/git-2.55.0.tar.xz",
+                                          "https://www.kernel.org/pub/$(id)/git-2.55.0.tar.xz"), "source_tools.git.url"),
+    ("source-tool-debian-traversal", edit("debian: pool/main/g/git/git_2.55.0.orig.tar.xz", "debian: pool/main/g/../../etc/git.tar.xz"),
+     "source_tools.git.debian"),
+    ("source-tool-bad-sha", edit("sha256: 457fdb04dc8728e007d4688695e6912e6f680727920f2a40bf11eacc17505357", "sha256: 457fdb04"),
+     "source_tools.git.sha256"),
+    ("git-lfs-arch-missing", edit("    ppc64le:\n      url: https://github.com/git-lfs/", "    riscv64x:\n      url: https://github.com/git-lfs/"),
+     "git_lfs.files.riscv64x"),
+    ("git-lfs-arch-not-pinned", edit("    ppc64le:\n      url: https://github.com/git-lfs/git-lfs/releases/download/v3.7.1/git-lfs-linux-ppc64le-v3.7.1.tar.gz\n"
+                                     "      sha256: 100fbefdd86722dafd56737121510289ece9574c7bb8ec01b4633f8892acc427\n", ""),
+     "bases.centos7.git_lfs_release: git_lfs.files has no archive for ppc64le"),
+    ("git-lfs-other-version", edit("download/v3.7.1/git-lfs-linux-s390x-v3.7.1.tar.gz", "download/v3.7.1/git-lfs-linux-s390x-v3.6.0.tar.gz"),
+     "git_lfs: files.s390x: git-lfs-linux-s390x-v3.6.0.tar.gz is not a file of git-lfs 3.7.1"),
+    ("git-lfs-not-an-archive", edit("git-lfs-linux-s390x-v3.7.1.tar.gz", "git-lfs-linux-s390x-v3.7.1.sh"), "git_lfs.files.s390x.url"),
+    ("git-lfs-release-not-bool", edit("    git_lfs_release: true\n  almalinux8:", "    git_lfs_release: \"yes\"\n  almalinux8:"),
+     "bases.centos7.git_lfs_release"),
 ]
 
 
