@@ -230,7 +230,7 @@ def _fetch_sources(spec: Spec, cache: SourceCache, targets: list[Target], origin
     for target in targets:
         compiler = target.compiler_pins()
         sums = static_clang_sums_pin(spec) if compiler else None
-        for pin in [*library_pins(spec, target.base.libraries), *compiler, *([sums] if sums else [])]:
+        for pin in [*library_pins(spec, target.base.libraries), *target.tool_pins(), *compiler, *([sums] if sums else [])]:
             if (error := get(pin)) is not None:
                 raise SourceError(error)
         if sums:

@@ -19,8 +19,18 @@ import jinja2
 from manyforge import configure_answers
 from manyforge.arches import ARCHES, BUILD_HOSTS, LLD_LINKS_SINCE, configure_build, host_arch, python_multiarch, runs_natively
 from manyforge.quoting import template_environment
-from manyforge.sources import Pin, SourceCache, cpython_pin, library_pins, stage_files, static_clang_pins, wheel_pins
-from manyforge.spec import REPO_ROOT, Base, DownloadFile, Image, LockedFile, Spec, SpecError, Toolchain
+from manyforge.sources import (
+    Pin,
+    SourceCache,
+    cpython_pin,
+    git_lfs_pins,
+    library_pins,
+    source_tool_pins,
+    stage_files,
+    static_clang_pins,
+    wheel_pins,
+)
+from manyforge.spec import REPO_ROOT, SOURCE_TOOL_ORDER, Base, DownloadFile, Image, LockedFile, Spec, SpecError, Toolchain
 
 DOCKER_DIR = REPO_ROOT / "docker"
 
@@ -182,7 +192,25 @@ class Target:
 
     def source_pins(self) -> list[Pin]:
         versions = sorted({self.cpython_version(t) for t in self.interpreters})
-        return [cpython_pin(self.spec, v) for v in versions] + library_pins(self.spec, self.base.libraries) + self.compiler_pins()
+        return [cpython_pin(self.spec, v) for v in versions] + library_pins(self.spec, self.base.libraries) + self.tool_pins() + self.compiler_pins()
+
+    def tool_pins(self) -> list[Pin]:
+        """The base's from-source tools and, where it takes it from the release, git-lfs for this arch."""
+        lfs = git_lfs_pins(self.spec, [self.arch]) if self.base.git_lfs_release else []
+        return source_tool_pins(self.spec, [t["name"] for t in self.tool_builds()]) + lfs
+
+    def tool_builds(self) -> list[dict[str, str]]:
+        """The base's from-source tools in build order (spec.SOURCE_TOOL_ORDER): name, version, source file."""
+        tools = self.spec.data.source_tools
+        names = [n for n in SOURCE_TOOL_ORDER if n in self.base.source_tools]
+        return [{"name": n, "version": tools[n].version, "filename": tools[n].filename, "sha256": tools[n].sha256} for n in names]  # type: ignore[index]
+
+    def git_lfs_file(self) -> dict[str, str] | None:
+        """git-lfs's release archive for this arch, where the base takes it from the release."""
+        if not self.base.git_lfs_release or self.spec.data.git_lfs is None:
+            return None
+        f = self.spec.data.git_lfs.files[self.arch]  # type: ignore[index]
+        return {"version": self.spec.data.git_lfs.version, "filename": f.filename, "sha256": f.sha256}
 
     def compiler_pins(self) -> list[Pin]:
         """The cross stage's static clang for the build host, where this target takes that route."""
@@ -334,6 +362,13 @@ def build_packages(target: Target, cross: bool = False) -> list[str]:
     replaced = {p for lib in target.base.libraries for p in family["library_packages"][lib]["replaces"]}
     replaced |= set() if cross else set(family["runtime_packages"])
     needed = [p for lib in target.base.libraries for p in family["library_packages"][lib]["needs"]]
+    # Tools built from source: what their build needs (git: libcurl's headers), and the
+    # distribution's development package a from-source one replaces (Tk 8.5's, so that
+    # CPython's tkinter can only find the built Tk 8.6).
+    tool_packages = family.get("source_tool_packages", {})
+    for tool in target.base.source_tools:
+        replaced |= set(tool_packages.get(tool, {}).get("replaces", []))
+        needed += tool_packages.get(tool, {}).get("needs", [])
     packages = [p for p in family["build_packages"] if p not in replaced]
     return packages + [p for p in dict.fromkeys(needed) if p not in packages]
 
@@ -412,6 +447,12 @@ def stage_context(target: Target) -> dict:
         "toolchain_fixes": toolchain_fixes(target),
         "build_packages": build_packages(target),
         "libraries": target.library_builds(),
+        # From-source tools: Tcl/Tk build before the interpreters (tkinter links them), the
+        # rest after, for the final image only.
+        "tcltk": [t for t in target.tool_builds() if t["name"] in ("tcl", "tk")],
+        "tools": [t for t in target.tool_builds() if t["name"] not in ("tcl", "tk")],
+        "tools_shipped": ", ".join(f"{t['name']} {t['version']}" for t in target.tool_builds() if t["name"] not in ("tcl", "tk", "curl")),
+        "git_lfs": target.git_lfs_file(),
         "configure_build": configure_build(target.arch, target.image.libc.name),
         # A 32-bit target on the 64-bit host of its own CPU family: every step under linux32.
         "personality": "linux32" if ARCHES[target.arch].host64 == target.build_host else None,
@@ -580,6 +621,7 @@ def sbom_input(target: Target) -> dict:
             for b in target.interpreter_builds()
         ],
         "libraries": target.library_builds(),
+        "source_tools": target.tool_builds() + [{"name": "git-lfs", **lfs} for lfs in [target.git_lfs_file()] if lfs],
         "omitted": [{"tag": tag, "pinned": spec.data.interpreters[tag].cpython, "reason": why} for tag, why in target.omitted],
         "wheels": {
             "tools": [w.model_dump() for w in wheel_pins(spec, target.image, target.arch)],

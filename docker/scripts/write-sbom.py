@@ -113,6 +113,16 @@ def main(input_path: str, output_path: str) -> int:
                 properties=[prop("source-file", lib["filename"]), prop("built-from-source", "true"), prop("linked", "static")],
             )  # fmt: skip
         )
+    # Tools built from source into /usr/local (git, autotools, Tcl/Tk) and git-lfs's release binary.
+    for tool in data.get("source_tools", []):
+        bom.components.add(
+            Component(
+                type=ComponentType.APPLICATION, name=tool["name"], version=tool["version"], bom_ref=f"source-tool:{tool['name']}",
+                purl=PackageURL(type="generic", name=tool["name"], version=tool["version"]),
+                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=tool["sha256"])],
+                properties=[prop("source-file", tool["filename"]), prop("built-from-source", str(tool["name"] != "git-lfs").lower())],
+            )  # fmt: skip
+        )
     for entry in data["wheels"]["tools"]:
         bom.components.add(wheel(entry, "tools"))
     for tag, entries in data["wheels"]["frontend"].items():

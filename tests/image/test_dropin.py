@@ -18,6 +18,7 @@ import pytest
 from consumer import gaps, wanted
 
 from manyforge import engine
+from manyforge.contract import load_contract
 
 pytestmark = pytest.mark.image
 
@@ -66,8 +67,12 @@ def test_tools_users_rely_on_are_on_path(host, built_image):
         run(host, f"{tool} {flag} >/dev/null")
 
 
-def test_image_environment_matches_pypas(host):
+def test_image_environment_matches_pypas(host, built_image):
     env = dict(line.split("=", 1) for line in run(host, "env").splitlines() if "=" in line)
+    # C.UTF-8 wherever the release has it (CentOS 7 has not: en_US.UTF-8, pypa's everywhere).
+    locale = "en_US.UTF-8" if built_image.target.base.family == "yum" else "C.UTF-8"
+    assert env["LANG"] == env["LC_ALL"] == locale
+    assert "utf-8" in run(host, "/opt/python/cp39-cp39/bin/python -c 'import locale; print(locale.getpreferredencoding())'").lower()
     assert env["SHELL"] == "/bin/bash"
     assert env["PIP_DISABLE_PIP_VERSION_CHECK"] == "1"
     assert env["PIP_ROOT_USER_ACTION"] == "ignore"
@@ -211,11 +216,47 @@ def test_what_pypa_s_images_carry_for_users_is_here(host, built_image):
     modules = ["glib-2.0", "x11", "xext", "xrender", "gl", "ice", "sm", "zlib", "expat"]
     missing = [m for m in modules if host.run(f"pkg-config --exists {m}").rc != 0]
     assert not missing, f"pkg-config finds no {', '.join(missing)}"
-    tools = ["curl --version", "gpg --version", "bison --version"]
-    if built_image.target.base.family in ("apt", "apk"):
-        tools.append("git lfs version")
+    tools = ["curl --version", "gpg --version", "bison --version", "git lfs version"]
     failing = [t for t in tools if host.run(t).rc != 0]
     assert not failing, failing
+    target = built_image.target
+    if target.base.git_lfs_release:  # the release's archive, not a package: its pinned version
+        assert f"git-lfs/{target.spec.data.git_lfs.version} " in run(host, "git lfs version")
+
+
+def _first_version(text: str) -> str:
+    """The version a tool's `--version` prints on its first line, e.g. '2.55.0'."""
+    first = text.splitlines()[0]
+    return next(w for w in reversed(first.replace("(", " ").replace(")", " ").split()) if w[:1].isdigit())
+
+
+def test_build_tools_are_the_declared_ones(host, built_image):
+    """git and the autotools: where the base builds them from source, the pinned release in
+    /usr/local/bin, first on PATH; where it keeps its release's (tests/contract.yaml
+    release_tools), that release's version."""
+    target = built_image.target
+    commands = {"git": "git --version", "autoconf": "autoconf --version", "automake": "automake --version",
+                "libtool": "libtoolize --version"}  # fmt: skip
+    kept = load_contract().release_tools.get(target.base_name, {})
+    for tool, command in commands.items():
+        version = _first_version(run(host, command))
+        if tool in target.base.source_tools:
+            assert version == target.spec.data.source_tools[tool].version, (tool, version)
+            assert run(host, f"command -v {command.split()[0]}") == f"/usr/local/bin/{command.split()[0]}"
+        else:
+            assert tool in kept, f"{tool}: neither built from source nor declared kept for {target.base_name}"
+            assert version == kept[tool] or version.startswith(kept[tool] + "."), (tool, version, kept[tool])
+
+
+def test_tkinter_links_tk_8_6(host, built_image, interpreter):
+    """tkinter links Tk 8.6, as in pypa's images: the release's, or (CentOS 7, whose Tk is 8.5)
+    the Tcl/Tk built from source into /usr/local."""
+    python = f"/opt/python/{interpreter}/bin/python"
+    out = run(host, f"{python} -c 'import _tkinter; print(_tkinter.TK_VERSION, _tkinter.TCL_VERSION, _tkinter.__file__)'")
+    tk, tcl, module = out.split()
+    assert (tk, tcl) == ("8.6", "8.6"), out
+    if "tk" in built_image.target.base.source_tools:
+        assert "/usr/local/lib/libtk8.6.so" in run(host, f"ldd {module}")
 
 
 # What the served archive stands for, per implementation: the real archives (python.org,

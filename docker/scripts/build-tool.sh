@@ -1,0 +1,129 @@
+#!/bin/bash
+# Build one tool the base packages older than pypa's images carry (images.yaml source_tools),
+# from its sha256-verified source file, into DESTDIR/usr/local; or unpack git-lfs's release
+# binary there. What is installed is also copied into / so that the next tool of the same
+# stage builds with it (automake with the new autoconf, Tk with Tcl, git with curl).
+#
+#   build-tool.sh NAME SOURCE-FILE DESTDIR
+#
+# NAME: curl, git, autoconf, automake, libtool, tcl, tk, git-lfs. curl is built for git only:
+# static, with the interpreters' from-source OpenSSL, in a prefix of the stage (never shipped).
+set -euo pipefail
+
+name=$1 source=$2 destdir=$3
+work=$(mktemp -d)
+jobs=$(nproc)
+
+# The hardening of pypa's builds (and of ours for CPython): fortified calls, full RELRO.
+cppflags="-Wdate-time -D_FORTIFY_SOURCE=2"
+cflags="-O2 -fstack-protector-strong -Wformat -Werror=format-security"
+ldflags="-Wl,-z,relro -Wl,-z,now"
+curl_prefix=/opt/_internal/curl-static
+
+unpack() {
+    tar -xf "$source" -C "$work"
+    local top
+    top=$(find "$work" -mindepth 1 -maxdepth 1 -type d)
+    [ "$(printf '%s\n' "$top" | wc -l)" = 1 ] || { echo "build-tool.sh: $source has more than one top directory" >&2; exit 1; }
+    cd "$top"
+}
+
+standard_install() {  # configure, make, install into DESTDIR; extra arguments go to configure
+    ./configure --prefix=/usr/local "$@" CPPFLAGS="$cppflags" CFLAGS="$cflags" LDFLAGS="$ldflags" >/dev/null
+    make -j"$jobs" >/dev/null
+    make install DESTDIR="$destdir" >/dev/null
+}
+
+glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null || true)  # "glibc 2.17"; nothing on musl
+glibc=${glibc#glibc }
+glibc_before_2_25() {  # getrandom() came with glibc 2.25 (CentOS 7 has 2.17)
+    [ -n "$glibc" ] && [ "$(printf '%s\n2.25\n' "$glibc" | sort -V | head -1)" != 2.25 ]
+}
+
+case "$name" in
+    curl)
+        unpack
+        PKG_CONFIG_PATH=/usr/local/lib/pkgconfig ./configure --prefix="$curl_prefix" --disable-shared --enable-static --with-openssl=/usr/local \
+            --with-zlib --without-libpsl --without-brotli --without-zstd --without-libidn2 --without-nghttp2 \
+            --without-libssh2 --without-librtmp --disable-ldap --disable-ldaps --disable-manual \
+            CPPFLAGS="$cppflags" CFLAGS="$cflags" LDFLAGS="$ldflags" LIBS="-ldl -pthread" >/dev/null
+        make -j"$jobs" >/dev/null
+        make install >/dev/null
+        "$curl_prefix/bin/curl" --version
+        ;;
+    git)
+        unpack
+        args=(prefix=/usr/local NO_GETTEXT=1 NO_TCLTK=1 NO_OPENSSL=1 INSTALL_SYMLINKS=1 INSTALL_STRIP=-s)
+        if [ -x "$curl_prefix/bin/curl-config" ]; then
+            # The static curl above (the release's is too old for git): linked in, with OpenSSL.
+            args+=(CURLDIR="$curl_prefix" CURL_CONFIG="$curl_prefix/bin/curl-config"
+                   "CURL_LDFLAGS=$("$curl_prefix/bin/curl-config" --static-libs)")
+        fi
+        if [ -z "$glibc" ]; then
+            args+=(NO_REGEX=NeedsStartEnd)  # musl's regcomp lacks REG_STARTEND
+        fi
+        if glibc_before_2_25; then
+            args+=(CSPRNG_METHOD=urandom NO_UNCOMPRESS2=1)  # CentOS 7: no getrandom(), zlib 1.2.7
+        else
+            args+=(CSPRNG_METHOD=getrandom)
+        fi
+        make -j"$jobs" "${args[@]}" CPPFLAGS="$cppflags" CFLAGS="$cflags" LDFLAGS="$ldflags" all >/dev/null
+        make "${args[@]}" CPPFLAGS="$cppflags" CFLAGS="$cflags" LDFLAGS="$ldflags" DESTDIR="$destdir" install >/dev/null
+        ;;
+    autoconf | libtool)
+        unpack
+        standard_install
+        ;;
+    automake)
+        system_aclocal=$(aclocal --print-ac-dir 2>/dev/null || true)
+        unpack
+        standard_install
+        # The release's macros (pkg.m4, gettext's, ...) stay visible to the new aclocal.
+        if [ -n "$system_aclocal" ]; then
+            mkdir -p "$destdir/usr/local/share/aclocal"
+            echo "$system_aclocal" >> "$destdir/usr/local/share/aclocal/dirlist"
+        fi
+        ;;
+    tcl | tk)
+        unpack
+        cd unix
+        if [ "$name" = tk ]; then
+            standard_install --with-tcl=/usr/local/lib
+        else
+            standard_install
+        fi
+        # The stub libraries stay: tcl.pc and tk.pc name them, and tkinter's link reads those.
+        rm -rf "$destdir/usr/local/share/man"
+        ;;
+    git-lfs)
+        mkdir "$work/lfs"
+        tar -xzf "$source" -C "$work/lfs" --strip-components=1
+        install -D -m 0755 "$work/lfs/git-lfs" "$destdir/usr/local/bin/git-lfs"
+        if [ "$destdir" = / ]; then
+            git-lfs install --system --skip-repo  # the filters for every user, as the release's install.sh sets them for one
+        fi
+        ;;
+    *)
+        echo "build-tool.sh: no recipe for $name" >&2
+        exit 1
+        ;;
+esac
+
+cd /
+rm -rf "$work"
+if [ "$name" != curl ] && [ "$destdir" != / ]; then
+    # Strip what is ELF (strip refuses, and leaves alone, anything else).
+    find "$destdir/usr/local" -type f \( -perm -u+x -o -name '*.so*' \) -exec strip --strip-unneeded {} + 2>/dev/null || true
+    cp -a "$destdir/usr/local/." /usr/local/
+fi
+hash -r
+case "$name" in
+    curl) ;;
+    git) git --version ;;
+    autoconf) autoconf --version | head -1 ;;
+    automake) automake --version | head -1 ;;
+    libtool) libtoolize --version | head -1 ;;
+    tcl) echo 'puts [info patchlevel]' | /usr/local/bin/tclsh8.6 ;;
+    tk) test -e /usr/local/lib/libtk8.6.so ;;
+    git-lfs) /usr/local/bin/git-lfs version ;;
+esac

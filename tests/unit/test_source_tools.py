@@ -1,0 +1,148 @@
+"""Tools pypa's images carry newer than a release packages them (issue 19, item 5): git,
+autoconf, automake, libtool and (manylinux2014) Tcl/Tk built from their pins, git-lfs from its
+release archive where the distribution has none. Read from the rendered Dockerfiles, per family."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from manyforge.contract import load_contract
+from manyforge.render import build_packages, family_layer, render_dockerfile, resolve_target
+from manyforge.spec import SOURCE_TOOL_ORDER, load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = load_spec()
+CONTRACT = load_contract()
+BUILD_TOOLS = ("git", "autoconf", "automake", "libtool")
+# One image of each base (its own arch first, then a cross-compiled one), every variant base too.
+TARGETS = [
+    resolve_target(SPEC, name, arch, base=base)
+    for name, image in SPEC.images.items()
+    for base in (image.base, *image.base_variants)
+    for arch in dict.fromkeys([image.archs[0], image.archs[-1]])
+]
+
+
+def stages(dockerfile: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    current = None
+    for line in dockerfile.splitlines():
+        m = re.match(r"FROM (?:--platform=\S+ )?\S+ AS (\S+)", line)
+        if m:
+            current = m.group(1)
+            out[current] = ""
+        if current:
+            out[current] += line + "\n"
+    return out
+
+
+def tool_runs(stage_text: str) -> list[tuple[str, str]]:
+    """(tool, source file) of every build-tool.sh step of a stage, in order."""
+    return re.findall(r"bash /build/build-tool\.sh (\S+) /build/(\S+) ", stage_text)
+
+
+def test_every_base_builds_or_declares_its_build_tools():
+    """No base carries git or an autotool older than pypa's unless tests/contract.yaml says
+    that it keeps its release's, and why; a built one is never older than pypa's."""
+    assert CONTRACT.release_tools_why.strip()
+    for name, base in SPEC.data.bases.items():
+        for tool in BUILD_TOOLS:
+            if tool in base.source_tools:
+                pinned = SPEC.data.source_tools[tool].version
+                assert Version(pinned) >= Version(CONTRACT.pypa_versions[tool]), (name, tool, pinned)
+                assert tool not in CONTRACT.release_tools.get(name, {}), f"{name}: {tool} both built and kept"
+            else:
+                kept = CONTRACT.release_tools.get(name, {}).get(tool)
+                assert kept, f"{name}: {tool} is neither built from source nor declared kept in tests/contract.yaml"
+                # Kept on purpose means older than pypa's: otherwise the row would not differ.
+                assert Version(kept) < Version(CONTRACT.pypa_versions[tool]), (name, tool, kept)
+    for name in CONTRACT.release_tools:
+        assert name in SPEC.data.bases, f"tests/contract.yaml release_tools: no base {name}"
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.slug)
+def test_rendered_dockerfile_builds_the_base_s_tools_from_their_pins(target):
+    text = render_dockerfile(target)
+    parts = stages(text)
+    built = [n for n in SOURCE_TOOL_ORDER if n in target.base.source_tools and n not in ("tcl", "tk")]
+    staged = {p.filename: p for p in target.source_pins()}
+    if not built:
+        assert "source_tools" not in parts and "COPY --from=source_tools" not in text
+        return
+    runs = tool_runs(parts["source_tools"])
+    assert [name for name, _ in runs] == built
+    for name, filename in runs:
+        pin = SPEC.data.source_tools[name]
+        # The file the step reads is the pinned one, staged into the context by its sha256.
+        assert filename == pin.filename and filename in staged and staged[filename].sha256 == pin.sha256
+        assert f"sources/{filename},target=/build/{filename}" in parts["source_tools"]
+        assert f"sha256 {pin.sha256}" in parts["source_tools"]  # the Dockerfile says what it builds
+    final = parts["final"]
+    assert "COPY --from=source_tools /opt/_internal/source-tools/usr/local/ /usr/local/" in final
+    assert final.index("COPY --from=source_tools") < final.index("finalize.sh")  # before ldconfig
+    # curl is built for git's link only (CentOS 7): it never reaches /usr/local of the image.
+    if "curl" in built:
+        assert built.index("curl") < built.index("git")
+        assert "for git's build only: static, not shipped" in parts["source_tools"]
+    # What git's build needs of the family (libcurl's headers where the release's libcurl is new enough).
+    needs = vars(family_layer(target.base.family)).get("source_tool_packages", {}).get("git", {}).get("needs", [])
+    assert set(needs) <= set(build_packages(target))
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.slug)
+def test_every_family_installs_git_lfs(target):
+    """git-lfs is in every image: the distribution's package where it has one (Debian, Alpine),
+    else the release archive of the image's arch, sha256-pinned, unpacked in the final stage."""
+    text = render_dockerfile(target)
+    parts = stages(text)
+    family = vars(family_layer(target.base.family))
+    if target.base.git_lfs_release:
+        lfs = SPEC.data.git_lfs
+        f = lfs.files[target.arch]
+        assert (f"bash /build/build-tool.sh git-lfs /build/{f.filename} /") in parts["final"]
+        assert f"sha256 {f.sha256}" in parts["final"]
+        assert any(p.filename == f.filename and p.sha256 == f.sha256 for p in target.source_pins())
+        assert f"-{ {'x86_64': 'amd64', 'i686': '386', 'aarch64': 'arm64', 'armv7l': 'arm'}.get(target.arch, target.arch)}-" in f.filename
+        assert "git-lfs" not in family["runtime_packages"]
+    else:
+        assert "git-lfs" in family["runtime_packages"] and "build-tool.sh git-lfs" not in text
+        assert target.base.family in ("apt", "apk")
+
+
+def test_manylinux2014_links_tkinter_against_the_built_tk():
+    """CentOS 7's Tk is 8.5: Tcl/Tk 8.6 (pypa's version) build before the interpreters, the
+    release's Tk headers are not in the build stage, and the final image carries the built Tk."""
+    for arch in SPEC.image("manylinux2014").archs:
+        target = resolve_target(SPEC, "manylinux2014", arch)
+        assert target.base.family == "yum" and {"tcl", "tk"} <= set(target.base.source_tools)
+        assert Version(SPEC.data.source_tools["tk"].version) >= Version(CONTRACT.pypa_versions["tk"])
+        text = render_dockerfile(target)
+        parts = stages(text)
+        assert [n for n, _ in tool_runs(parts["tcltk"])] == ["tcl", "tk"]
+        assert parts["tcltk"].startswith("FROM build AS tcltk")
+        assert "tk-devel" not in build_packages(target) and "tcl-devel" not in build_packages(target)
+        assert "libXft-devel" in build_packages(target)  # Tk 8.6 with Xft fonts, as pypa's
+        assert "COPY --from=tcltk /opt/_internal/tcltk/usr/local/ /usr/local/" in parts["cpython_build"]
+        assert "COPY --from=tcltk /opt/_internal/tcltk/usr/local/ /usr/local/" in parts["final"]
+        # Every interpreter (or, cross-compiled, its sysroot) starts from the stage with Tk 8.6.
+        for b in target.interpreter_builds():
+            stage = parts.get(f"cross_{b.stage}") if target.cross_compiles else parts[b.stage]
+            assert stage is not None
+            if target.cross_compiles:
+                assert "from=cpython_build,target=/sysroot" in stage
+            else:
+                assert stage.startswith(f"FROM cpython_build AS {b.stage}")
+    # No other image builds Tk: their releases' Tk is 8.6.
+    for name, image in SPEC.images.items():
+        if name != "manylinux2014":
+            assert "tk" not in SPEC.data.bases[image.base].source_tools
+
+
+def test_build_tool_script_has_a_recipe_for_every_tool():
+    script = (ROOT / "docker" / "scripts" / "build-tool.sh").read_text()
+    recipes = {n.strip() for arm in re.findall(r"^    ([a-z| -]+)\)$", script, re.M) for n in arm.split("|")}
+    assert set(SOURCE_TOOL_ORDER) | {"git-lfs"} <= recipes, recipes
