@@ -20,6 +20,7 @@ import requests.exceptions
 from invoke import Exit, task
 
 from manyforge import configure_answers as configure_answers_module
+from manyforge import contract as contract_module
 from manyforge import pipeline, workflow
 from manyforge import policy as policy_module
 from manyforge import publish as publish_module
@@ -471,6 +472,28 @@ def changelog(c, registry, from_tag, to_tag, image=None, arch=None, public_key=N
     arches = _list(arch, "arch") or list(s.image(name).archs)
     log = publish_module.changelog(s, registry, name, arches, from_tag, to_tag, pub_file)
     print(json.dumps(log, indent=1) if format == "json" else publish_module.changelog_markdown(log))
+
+
+@task(help={"write": "rewrite README.md's table (else: exit 1 if it differs from tests/contract.yaml)"})
+@_guard
+def contract(c, write=False):
+    """README's "image contract, beside pypa's" table, generated from tests/contract.yaml."""
+    data = contract_module.load_contract()
+    readme = contract_module.README.read_text(encoding="utf-8")
+    try:
+        wanted = contract_module.readme_with_table(readme, data)
+    except contract_module.ContractError as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+    missing = contract_module.missing_tests(data)
+    if missing:
+        raise Exit("error: tests/contract.yaml names tests that do not exist:\n  " + "\n  ".join(missing), code=1)
+    if wanted == readme:
+        print("README.md: the contract table is current")
+    elif write:
+        contract_module.README.write_text(wanted, encoding="utf-8")
+        print("README.md: contract table rewritten from tests/contract.yaml")
+    else:
+        raise Exit("README.md: the contract table differs from tests/contract.yaml; run `invoke contract --write`", code=1)
 
 
 @task
