@@ -41,6 +41,17 @@ class Contract:
     pypa_versions: dict[str, str]
     release_tools: dict[str, dict[str, str]]
     release_tools_why: str
+    pypa_packages: dict
+    same_as: dict[str, dict[str, str]]
+    not_carried: dict[str, dict[str, str]]
+
+    def pypa_package_gaps(self, family: str, image: str, arch: str, carried: set[str]) -> list[str]:
+        """pypa's packages for one image x arch that `carried` lacks with no reason given."""
+        wanted = [*self.pypa_packages["families"][family], *self.pypa_packages["images"].get(image, ())]
+        wanted += self.pypa_packages.get(arch, [])
+        reasons = {**self.not_carried.get(family, {}), **self.not_carried.get(arch, {})}
+        same = self.same_as.get(family, {})
+        return [p for p in dict.fromkeys(wanted) if same.get(p, p) not in carried and not reasons.get(p, "").strip()]
 
 
 def load_contract(path: Path = CONTRACT) -> Contract:
@@ -56,7 +67,9 @@ def load_contract(path: Path = CONTRACT) -> Contract:
         items.append(Item(str(raw["what"]), str(raw["ours"]), str(raw["pypa"]), str(raw.get("differs", "")), tuple(raw["checked"])))
     versions = {str(k): str(v) for k, v in (data.get("pypa_versions") or {}).items()}
     kept = {str(b): {str(k): str(v) for k, v in tools.items()} for b, tools in (data.get("release_tools") or {}).items()}
-    return Contract(tuple(items), versions, kept, str(data.get("release_tools_why", "")))
+    mapping = {str(k): {str(a): str(b) for a, b in (v or {}).items()} for k, v in (data.get("same_as") or {}).items()}
+    reasons = {str(k): {str(a): str(b) for a, b in (v or {}).items()} for k, v in (data.get("not_carried") or {}).items()}
+    return Contract(tuple(items), versions, kept, str(data.get("release_tools_why", "")), dict(data.get("pypa_packages") or {}), mapping, reasons)
 
 
 def _cell(text: str) -> str:

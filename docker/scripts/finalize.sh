@@ -13,6 +13,10 @@ shift 3
 if [[ $policy == manylinux* ]]; then
     printf '/usr/local/lib\n/usr/local/lib64\n' > /etc/ld.so.conf.d/00-manylinux.conf
     ldconfig
+else
+    # Alpine's root and new users log in to ash; pypa's musllinux images give them bash.
+    chsh -s /bin/bash root
+    useradd -D -s /bin/bash >/dev/null
 fi
 
 mkdir -p /opt/python

@@ -74,6 +74,8 @@ def test_image_environment_matches_pypas(host, built_image):
     assert env["LANG"] == env["LC_ALL"] == locale
     assert "utf-8" in run(host, "/opt/python/cp39-cp39/bin/python -c 'import locale; print(locale.getpreferredencoding())'").lower()
     assert env["SHELL"] == "/bin/bash"
+    assert env["PKG_CONFIG_PATH"] == "/usr/local/lib/pkgconfig"
+    assert run(host, "getent passwd root").endswith(":/bin/bash")  # Alpine's default is ash
     assert env["PIP_DISABLE_PIP_VERSION_CHECK"] == "1"
     assert env["PIP_ROOT_USER_ACTION"] == "ignore"
     assert env["PIPX_BIN_DIR"] == "/usr/local/bin"

@@ -3,6 +3,7 @@ names tests that exist (the table says what the tests check, not what someone wr
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -11,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from manyforge.contract import BEGIN, END, ContractError, load_contract, missing_tests, readme_with_table, render_table
+from manyforge.render import family_layer, render_dockerfile, resolve_target
+from manyforge.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
+SPEC = load_spec()
 
 
 def test_readme_table_is_the_generated_one():
@@ -52,3 +56,41 @@ def test_contract_task_checks_and_fails_on_a_difference(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "invoke", "contract"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "current" in proc.stdout
+
+
+def _runtime_packages(target) -> set[str]:
+    """What the image's runtime stage (the final image's base) installs, as rendered."""
+    family = vars(family_layer(target.base.family))
+    return {*family["runtime_packages"], *target.base.packages, *target.toolchain.packages}
+
+
+TARGETS = [
+    resolve_target(SPEC, name, "x86_64" if "x86_64" in image.archs else image.archs[0], base=base)
+    for name, image in SPEC.images.items()
+    for base in (image.base, *image.base_variants)
+]
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.slug)
+def test_every_image_carries_pypas_packages_or_says_why(target):
+    """Read against pypa's lists (install-runtime-packages.sh, recorded in tests/contract.yaml):
+    each of its packages for this image is installed by the rendered runtime stage, under its
+    own name or the one `same_as` gives, or `not_carried` gives the reason."""
+    contract = load_contract()
+    carried = _runtime_packages(target)
+    assert carried, target.slug
+    gaps = contract.pypa_package_gaps(target.base.family, target.image_name, target.arch, carried)
+    assert not gaps, f"{target.slug}: pypa's images carry {', '.join(gaps)}; add them or say why in tests/contract.yaml"
+    rendered = render_dockerfile(target)
+    runtime = rendered[rendered.index("AS runtime"):rendered.index("AS build")]
+    for package in carried:
+        assert re.search(rf"(?<![\w.+-]){re.escape(package)}(?![\w.+-])", runtime), (target.slug, package)
+
+
+def test_a_dropped_package_is_a_gap():
+    contract = load_contract()
+    target = resolve_target(SPEC, "manylinux_2_34", "x86_64")
+    carried = _runtime_packages(target)
+    assert not contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried)
+    assert contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried - {"libxcrypt-compat"}) == ["libxcrypt-compat"]
+    assert contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried - {"ncurses-libs"}) == ["ncurses"]
