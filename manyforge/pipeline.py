@@ -183,9 +183,10 @@ def fetch(
 def buildable(spec: Spec, cache: SourceCache, targets: list[Target], origin: str = "auto") -> list[Target]:
     """The targets as this site can build them: their CPython and library sources fetched, with
     the declared fallbacks and left-out interpreters its origins force (what `fetch` returns,
-    without the wheels)."""
+    without the wheels, and without the from-source tools' files: they change no interpreter, and
+    a site that reaches none of their origins still knows which interpreters it would build)."""
     with cache.filling():
-        return _fetch_sources(spec, cache, targets, origin)
+        return _fetch_sources(spec, cache, targets, origin, tools=False)
 
 
 def _fetch(
@@ -210,7 +211,7 @@ def _fetch(
     return resolved
 
 
-def _fetch_sources(spec: Spec, cache: SourceCache, targets: list[Target], origin: str) -> list[Target]:
+def _fetch_sources(spec: Spec, cache: SourceCache, targets: list[Target], origin: str, tools: bool = True) -> list[Target]:
     """Fetch every CPython and library source of the targets; an interpreter whose pinned
     release no origin serves falls back, loudly, to the newest of its declared fallbacks that
     one does. Returns the targets with what they will actually build."""
@@ -230,7 +231,7 @@ def _fetch_sources(spec: Spec, cache: SourceCache, targets: list[Target], origin
     for target in targets:
         compiler = target.compiler_pins()
         sums = static_clang_sums_pin(spec) if compiler else None
-        for pin in [*library_pins(spec, target.base.libraries), *target.tool_pins(), *compiler, *([sums] if sums else [])]:
+        for pin in [*library_pins(spec, target.base.libraries), *(target.tool_pins() if tools else []), *compiler, *([sums] if sums else [])]:
             if (error := get(pin)) is not None:
                 raise SourceError(error)
         if sums:

@@ -71,7 +71,7 @@ def test_locale_exists_on_each_release():
 ])  # fmt: skip
 def test_el_images_enable_the_repository_with_gdbm_devel(image, base, repo):
     runtime = runtime_stage(rendered(image, "aarch64", base=base))
-    assert runtime.index(f"dnf config-manager --set-enabled {repo}") < runtime.index("dnf install -y -q --setopt")
+    assert runtime.index(f"dnf config-manager --set-enabled {repo}") < runtime.index("dnf install -y -q --allowerasing --setopt")
     assert "gdbm-devel" in rendered(image, "aarch64", base=base).split(" AS build\n")[1]
 
 
