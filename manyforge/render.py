@@ -451,6 +451,8 @@ def stage_context(target: Target) -> dict:
         # rest after, for the final image only.
         "tcltk": [t for t in target.tool_builds() if t["name"] in ("tcl", "tk")],
         "tools": [t for t in target.tool_builds() if t["name"] not in ("tcl", "tk")],
+        # /usr/local/lib in the loader's path from the runtime stage on (glibc; musl's loader looks there itself).
+        "usr_local_loader": target.image.libc.name == "glibc",
         "tools_shipped": ", ".join(f"{t['name']} {t['version']}" for t in target.tool_builds() if t["name"] not in ("tcl", "tk", "curl")),
         "git_lfs": target.git_lfs_file(),
         "configure_build": configure_build(target.arch, target.image.libc.name),

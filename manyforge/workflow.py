@@ -26,6 +26,10 @@ LIBRARIES_S = 192.0  # manylinux_2_31 x86_64, 1 interpreter + OpenSSL, SQLite, z
 CROSS_FIXED_S = 206.0  # manylinux_2_36 s390x, 1 interpreter cross-built, native stages cached: 406 s
 BOOTSTRAP_S = 41.0  # debootstrap of the base, native
 EMULATION_FACTOR = 10.0  # a compile under QEMU against the same compile run natively
+# Assumed, not measured (no RHEL or Alpine base can be pulled here): two-core seconds of each
+# tool a base builds from source (images.yaml source_tools), natively; under QEMU for an
+# emulated target (those stages are not cross-compiled), EMULATION_FACTOR times that.
+SOURCE_TOOL_S = {"curl": 90.0, "git": 240.0, "autoconf": 20.0, "automake": 20.0, "libtool": 40.0, "tcl": 100.0, "tk": 80.0}
 # Assumptions, not measurements: a 4-core runner does the 2-core work in 0.65 of the time (the
 # interpreters' stages run in parallel, configure is serial); the image tests take 3 min plus 1
 # per interpreter natively, five times that under QEMU; each job spends 4 min on set-up.
@@ -69,19 +73,21 @@ def estimate(target: Target) -> JobEstimate:
     """The expected time and disk of one job, from the measured stage times above."""
     n = len(target.interpreters)
     libraries = LIBRARIES_S if target.base.libraries else 0.0
+    tools = sum(SOURCE_TOOL_S[t] for t in target.base.source_tools)
+    tcltk = sum(SOURCE_TOOL_S[t] for t in target.base.source_tools if t in ("tcl", "tk"))  # also a native stage
     bootstrap = BOOTSTRAP_S if target.base.debootstrap else 0.0
     per = I686_S_PER_INTERPRETER if ARCHES[target.arch].bits == 32 else NATIVE_S_PER_INTERPRETER
     tests = 3.0 + n
     if runs_natively(target.arch, target.build_host):
-        build = bootstrap + libraries + n * per
+        build = bootstrap + libraries + tools + n * per
         cached = uncached = build
     elif target.cross_compiles:
-        own = bootstrap * EMULATION_FACTOR + CROSS_FIXED_S + libraries + n * NATIVE_S_PER_INTERPRETER
-        native = bootstrap + libraries + n * NATIVE_S_PER_INTERPRETER
+        own = (bootstrap + tools) * EMULATION_FACTOR + CROSS_FIXED_S + libraries + n * NATIVE_S_PER_INTERPRETER
+        native = bootstrap + libraries + tcltk + n * NATIVE_S_PER_INTERPRETER
         cached, uncached = own, own + native
         tests *= 5
     else:  # wholly under QEMU
-        cached = uncached = (bootstrap + CROSS_FIXED_S + libraries + n * NATIVE_S_PER_INTERPRETER) * EMULATION_FACTOR
+        cached = uncached = (bootstrap + tools + CROSS_FIXED_S + libraries + n * NATIVE_S_PER_INTERPRETER) * EMULATION_FACTOR
         tests *= 5
     stages = STAGES_GB + n * INTERPRETER_STAGE_GB
     disk = stages * (2 if target.cross_compiles else 1) + IMAGE_GB + n * IMAGE_INTERPRETER_GB + SCRATCH_GB

@@ -128,12 +128,18 @@ def test_manylinux2014_links_tkinter_against_the_built_tk():
         assert "libXft-devel" in build_packages(target)  # Tk 8.6 with Xft fonts, as pypa's
         assert "COPY --from=tcltk /opt/_internal/tcltk/usr/local/ /usr/local/" in parts["cpython_build"]
         assert "COPY --from=tcltk /opt/_internal/tcltk/usr/local/ /usr/local/" in parts["final"]
-        # Every interpreter (or, cross-compiled, its sysroot) starts from the stage with Tk 8.6.
+        # The loader finds the built libtcl/libtk from the runtime stage on, which every stage
+        # that builds or checks an interpreter starts from (CentOS 7 does not search /usr/local).
+        assert "/etc/ld.so.conf.d/00-manylinux.conf && ldconfig" in parts["runtime"]
+        # Every interpreter (or, cross-compiled, its sysroot) starts from the stage with Tk 8.6;
+        # a cross-compiled one's check on the target (tkinter's import) has it too.
         for b in target.interpreter_builds():
             stage = parts.get(f"cross_{b.stage}") if target.cross_compiles else parts[b.stage]
             assert stage is not None
             if target.cross_compiles:
                 assert "from=cpython_build,target=/sysroot" in stage
+                check = parts[b.stage]
+                assert check.index("COPY --from=tcltk /opt/_internal/tcltk/usr/local/ /usr/local/") < check.index("check-cpython.py")
             else:
                 assert stage.startswith(f"FROM cpython_build AS {b.stage}")
     # No other image builds Tk: their releases' Tk is 8.6.
@@ -146,3 +152,25 @@ def test_build_tool_script_has_a_recipe_for_every_tool():
     script = (ROOT / "docker" / "scripts" / "build-tool.sh").read_text()
     recipes = {n.strip() for arm in re.findall(r"^    ([a-z| -]+)\)$", script, re.M) for n in arm.split("|")}
     assert set(SOURCE_TOOL_ORDER) | {"git-lfs"} <= recipes, recipes
+
+
+def test_the_time_model_counts_the_tools_under_qemu_for_an_emulated_target():
+    """The workflow's time estimates count the from-source tools: natively once, ten times that
+    for an emulated target (its source_tools and tcltk stages run under QEMU)."""
+    import copy
+
+    import yaml
+
+    from manyforge import workflow
+    from manyforge.spec import DEFAULT_SPEC, spec_from_data
+
+    raw = copy.deepcopy(yaml.safe_load(DEFAULT_SPEC.read_text()))
+    raw["bases"]["almalinux8"]["source_tools"] = []
+    bare = spec_from_data(raw, DEFAULT_SPEC, None, SPEC.lock_path, check_lock=False)
+    tools = sum(workflow.SOURCE_TOOL_S[t] for t in SPEC.data.bases["almalinux8"].source_tools)
+    for arch, factor in (("x86_64", 1), ("s390x", workflow.EMULATION_FACTOR)):
+        with_tools = workflow.estimate(resolve_target(SPEC, "manylinux_2_28", arch, build_host="x86_64"))
+        without = workflow.estimate(resolve_target(bare, "manylinux_2_28", arch, build_host="x86_64"))
+        added = with_tools.minutes_cached - without.minutes_cached
+        assert added == pytest.approx(tools * factor * workflow.FOUR_CORE_FACTOR / 60, abs=1), (arch, added)
+        assert with_tools.minutes_uncached < workflow.JOB_BUDGET_MINUTES
