@@ -87,10 +87,11 @@ case "$name" in
     tcl | tk)
         unpack
         cd unix
+        # Manual pages (Tcl's default: /usr/local/man, a link on some releases) are left out.
         if [ "$name" = tk ]; then
-            standard_install --with-tcl=/usr/local/lib
+            standard_install --mandir=/usr/local/share/man --with-tcl=/usr/local/lib
         else
-            standard_install
+            standard_install --mandir=/usr/local/share/man
         fi
         # The stub libraries stay: tcl.pc and tk.pc name them, and tkinter's link reads those.
         rm -rf "$destdir/usr/local/share/man"
