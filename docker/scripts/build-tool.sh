@@ -53,7 +53,8 @@ case "$name" in
         ;;
     git)
         unpack
-        args=(prefix=/usr/local NO_GETTEXT=1 NO_TCLTK=1 NO_OPENSSL=1 INSTALL_SYMLINKS=1 INSTALL_STRIP=-s)
+        # NO_RUST: git 2.55 builds parts in Rust by default (Cargo), optional until git 3.0.
+        args=(prefix=/usr/local NO_GETTEXT=1 NO_TCLTK=1 NO_OPENSSL=1 NO_RUST=1 INSTALL_SYMLINKS=1 INSTALL_STRIP=-s)
         if [ -x "$curl_prefix/bin/curl-config" ]; then
             # The static curl above (the release's is too old for git): linked in, with OpenSSL.
             args+=(CURLDIR="$curl_prefix" CURL_CONFIG="$curl_prefix/bin/curl-config"
