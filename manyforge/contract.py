@@ -49,7 +49,7 @@ class Contract:
         """pypa's packages for one image x arch that `carried` lacks with no reason given."""
         wanted = [*self.pypa_packages["families"][family], *self.pypa_packages["images"].get(image, ())]
         wanted += self.pypa_packages.get(arch, [])
-        reasons = {**self.not_carried.get(family, {}), **self.not_carried.get(arch, {})}
+        reasons = {**self.not_carried.get(family, {}), **self.not_carried.get(f"{arch}-{family}", {})}
         same = self.same_as.get(family, {})
         return [p for p in dict.fromkeys(wanted) if same.get(p, p) not in carried and not reasons.get(p, "").strip()]
 

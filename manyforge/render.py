@@ -393,10 +393,15 @@ def repositories(target: Target) -> dict:
     }
 
 
+def arch_packages(target: Target) -> list[str]:
+    """The family's runtime packages for the target's arch only (yasm on x86_64, as pypa's)."""
+    return list(vars(family_layer(target.base.family)).get("arch_packages", {}).get(target.arch, []))
+
+
 def declared_packages(target: Target) -> list[str]:
     """Every distribution package the image's Dockerfile installs, in its stages' order."""
     family = vars(family_layer(target.base.family))
-    packages = [*family["runtime_packages"], *target.base.packages, *target.toolchain.packages, *build_packages(target)]
+    packages = [*family["runtime_packages"], *target.base.packages, *arch_packages(target), *target.toolchain.packages, *build_packages(target)]
     return list(dict.fromkeys(packages))
 
 
@@ -441,6 +446,7 @@ def stage_context(target: Target) -> dict:
         "base_name": target.base_name,
         "base_ref": target.base_ref(),
         "base_packages": list(target.base.packages),
+        "arch_packages": arch_packages(target),
         "toolchain_name": target.toolchain_name,
         "toolchain": target.toolchain,
         "repositories": repositories(target),

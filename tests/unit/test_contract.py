@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from manyforge.contract import BEGIN, END, ContractError, load_contract, missing_tests, readme_with_table, render_table
-from manyforge.render import family_layer, render_dockerfile, resolve_target
+from manyforge.render import arch_packages, family_layer, render_dockerfile, resolve_target
 from manyforge.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ def test_contract_task_checks_and_fails_on_a_difference(tmp_path):
 def _runtime_packages(target) -> set[str]:
     """What the image's runtime stage (the final image's base) installs, as rendered."""
     family = vars(family_layer(target.base.family))
-    return {*family["runtime_packages"], *target.base.packages, *target.toolchain.packages}
+    return {*family["runtime_packages"], *target.base.packages, *arch_packages(target), *target.toolchain.packages}
 
 
 TARGETS = [
