@@ -41,8 +41,9 @@ def test_interpreter_passes_its_build_time_check(host, interpreter):
 
 
 def test_library_versions(host, built_image, interpreter):
-    """ssl with OpenSSL >= 1.1.1, a working SQLite with FTS5, Tk 8.5.12+ (CPython's minimum), zstd
-    from 3.14; a library built from source is the pinned one."""
+    """ssl with OpenSSL >= 1.1.1, SQLite >= 3.50 with FTS5, Tk >= 8.6, zstd >= 1.5.7 from 3.14
+    (pypa's minimums, which check-cpython.py also holds); a library built from source is the
+    pinned one."""
     probe = (
         "import json, sqlite3, ssl, sys, tkinter\n"
         "db = sqlite3.connect(':memory:'); db.execute('create virtual table t using fts5(x)')\n"
@@ -54,7 +55,10 @@ def test_library_versions(host, built_image, interpreter):
     )
     info = python_json(host, interpreter, probe)
     assert tuple(info["openssl"]) >= (1, 1, 1), info
-    assert info["tk"] >= 8.5, info
+    assert tuple(int(p) for p in info["sqlite"].split(".")[:2]) >= (3, 50), info
+    assert info["tk"] >= 8.6, info
+    if info["zstd"] is not None:
+        assert tuple(int(p) for p in info["zstd"].split(".")) >= (1, 5, 7), info
     libraries = {lib["name"]: lib["version"] for lib in built_image.target.library_builds()}
     if "openssl" in libraries:
         assert info["openssl_text"].startswith(f"OpenSSL {libraries['openssl']} "), info
