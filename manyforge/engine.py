@@ -38,9 +38,9 @@ import requests.exceptions
 
 import docker
 from manyforge.arches import ARCHES, QEMU_HANDLER, host_arch, runs_natively
-from manyforge.render import Target, bootstrap_base_ref
 from manyforge.sources import debootstrap_root
 from manyforge.spec import REPO_ROOT, Spec
+from manyforge.target import Target, bootstrap_base_ref
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 SETUP_HINT = "run `sudo scripts/setup-host.sh` (or `invoke setup`) to install and start it"

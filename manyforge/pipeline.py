@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from manyforge import configure_answers, engine, policy
 from manyforge.arches import ARCHES
-from manyforge.render import Target, packages_checks, render_dockerfile, resolve_target, write_context, write_packages_check
+from manyforge.render import packages_checks, render_dockerfile, write_context, write_packages_check
 from manyforge.sources import (
     Address,
     Pin,
@@ -40,6 +40,7 @@ from manyforge.sources import (
     static_clang_sums_pin,
 )
 from manyforge.spec import REPO_ROOT, Spec, SpecError, Suite, strict_json
+from manyforge.target import Target, resolve_target
 
 BUILD_DIR = REPO_ROOT / "build"
 ORIGINS = ("auto", "upstream", "debian")

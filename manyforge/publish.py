@@ -46,8 +46,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from manyforge import engine
 from manyforge.quoting import REF_COMPONENT, REGISTRY_HOST
-from manyforge.render import Target, resolve_target
 from manyforge.spec import REPO_ROOT, Spec, strict_json
+from manyforge.target import Target, resolve_target
 
 BUILD_DIR = REPO_ROOT / "build"
 RECORD_DIR = BUILD_DIR / "test-records"

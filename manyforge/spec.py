@@ -347,6 +347,29 @@ class Runner(_Model):
     builds: tuple[Arch, ...] = Field(min_length=1)
 
 
+class ImageDefaults(_Model):
+    """What every image has unless it says otherwise: the per-image lists that would repeat."""
+
+    interpreters: tuple[Name, ...] = Field(default=(), min_length=1)
+    tools_interpreter: Name | None = None
+    tools: tuple[Name, ...] = ()
+    optional_tools: tuple[Name, ...] = ()
+    downloadable: tuple[InterpreterTag, ...] = ()
+    not_offered: dict[InterpreterTag, Reason] = {}
+
+
+# The keys of an image that `defaults` may give.
+INHERITED = tuple(ImageDefaults.model_fields)
+
+
+def _valid_default(key: str, value: Any) -> bool:
+    try:
+        ImageDefaults.model_validate({key: value})
+    except ValidationError:
+        return False
+    return True
+
+
 class SpecFile(_Model):
     org: RefName
     cpython: dict[Version, CPythonSource]
@@ -359,12 +382,28 @@ class SpecFile(_Model):
     tools: dict[Name, Version]
     bases: dict[VariantName, Base]  # variant names become part of image tags and base image names
     toolchains: dict[VariantName, Toolchain]
+    # Inherited by every image that does not give the key itself (its own value replaces the
+    # default whole; lists are not merged).
+    defaults: ImageDefaults | None = None
     images: dict[RefName, Image] = Field(min_length=1)
     # Which runner of the GitHub workflow builds which arch (manyforge/workflow.py).
     runners: dict[VariantName, Runner] = {}
     # Image x arch pairs the pinned cibuildwheel has a default image for (its
     # pinned_docker_images.cfg) that this project does not build, each with its reason.
     unbuilt: dict[RefName, dict[Arch, Reason]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_defaults(cls, data: Any) -> Any:
+        """Each image gets the keys of `defaults` it does not give itself, before it is validated
+        (a default that is itself invalid is reported under `defaults`, and not copied)."""
+        if not isinstance(data, dict) or not isinstance(data.get("defaults"), dict) or not isinstance(data.get("images"), dict):
+            return data
+        defaults = {k: v for k, v in data["defaults"].items() if k in INHERITED and v is not None and _valid_default(k, v)}
+        images = {
+            name: {**defaults, **image} if isinstance(image, dict) else image for name, image in data["images"].items()
+        }
+        return {**data, "images": images}
 
 
 class LockedFile(_Model):

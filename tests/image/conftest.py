@@ -31,9 +31,9 @@ import pytest
 import testinfra
 
 from manyforge import engine, pipeline, publish
-from manyforge.render import Target, resolve_target, wheel_pins
-from manyforge.sources import SourceCache, SourceError
+from manyforge.sources import SourceCache, SourceError, wheel_pins
 from manyforge.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
+from manyforge.target import Target, resolve_target
 
 SAMPLE = Path(__file__).parent / "sample"
 HERE = Path(__file__).resolve().parent
@@ -359,7 +359,7 @@ APPLIES_TO: dict[str, Applies] = {
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "applies_to(predicate): the image targets (render.Target -> bool) a test applies to")
+    config.addinivalue_line("markers", "applies_to(predicate): the image targets (target.Target -> bool) a test applies to")
     _load_targets()
     try:  # every image builds with these: a mistake stops the session before the first build
         engine.build_cache_settings()
