@@ -252,10 +252,49 @@ def build(c, image=None, arch="x86_64", python=None, base=None, toolchain=None, 
     build_cache_settings()  # a mistake in MANYFORGE_BUILD_CACHE(_PUSH) stops it before anything runs
     builder_name(builder)
     s = _spec(spec)
+    if image in s.derived:
+        if python or base or toolchain:
+            raise SpecError(["--python, --base and --toolchain: a derived image has its parent's; resolve another parent instead"])
+        derived = pipeline.derived_target(s, image, arch, build_host)
+        pipeline.build_derived(s, SourceCache(), derived, origin=origin, builder=builder)
+        return
     target = pipeline.targets_for(
         s, _image(s, image), arch, base=base, toolchain=toolchain, interpreters=_list(python, "python"), build_host=build_host
     )[0]
     pipeline.build(s, SourceCache(), target, origin=origin, builder=builder)
+
+
+@task(
+    help={
+        "image": "a derived image (images.yaml's `derived`, or the --spec file's)",
+        "arch": "one architecture (default: every arch of the derived image)",
+        "spec": SPEC_HELP,
+    }
+)
+@_guard
+def resolve(c, image, arch=None, spec=None):
+    """Read what a derived image's parent is (AUDITWHEEL_*, os-release, /opt/python) from the
+    parent itself, by its image ID, and pin it in derived.lock.json beside the spec file."""
+    s = _spec(spec)
+    pipeline.resolve_derived(s, image, arch)
+
+
+@task(
+    help={
+        "image": "a derived image",
+        "arch": "architecture (default: x86_64)",
+        "spec": SPEC_HELP,
+    }
+)
+@_guard
+def check(c, image, arch="x86_64", spec=None):
+    """Run a derived image's own checks in its latest build; exit 1 if any fails."""
+    s = _spec(spec)
+    target = pipeline.derived_target(s, image, arch)
+    failed = pipeline.run_checks(target, target.latest_ref)
+    if failed:
+        raise Exit("error: " + "\nerror: ".join(failed), code=1)
+    print(f"{target.slug}: {len(target.derived.checks)} check(s) passed")
 
 
 @task(

@@ -20,7 +20,7 @@ from manyforge.arches import ARCHES, LLD_LINKS_SINCE, configure_build, python_mu
 from manyforge.quoting import template_environment
 from manyforge.sources import SourceCache, stage_files, wheel_pins
 from manyforge.spec import REPO_ROOT, LockedFile, SpecError
-from manyforge.target import Target
+from manyforge.target import DerivedTarget, Target
 
 DOCKER_DIR = REPO_ROOT / "docker"
 
@@ -360,4 +360,143 @@ def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
         (dest / "configure-answers").mkdir()
         for stage, values in answers.items():
             (dest / "configure-answers" / f"{stage}.json").write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
+    return dest
+
+
+# --- derived images ------------------------------------------------------------------------------
+
+# Where a vendor repository's files go, per family: (definition suffixes, its directory; key
+# suffixes, its directory). apk's definition is a line appended to /etc/apk/repositories.
+_VENDOR_FILES = {
+    "apt": ((".list", ".sources"), "/etc/apt/sources.list.d", (".asc", ".gpg"), "/etc/apt/keyrings"),
+    "dnf": ((".repo",), "/etc/yum.repos.d", (".asc", ".gpg", ".key"), "/etc/pki/rpm-gpg"),
+    "yum": ((".repo",), "/etc/yum.repos.d", (".asc", ".gpg", ".key"), "/etc/pki/rpm-gpg"),
+    "apk": ((".repositories", ".list"), "/etc/apk", (".rsa.pub",), "/etc/apk/keys"),
+}
+
+
+def _vendor_repositories(target: DerivedTarget) -> list[dict[str, str]]:
+    """Each vendor repository's files and where the family reads them (the definition names the
+    key by that path: /etc/apt/keyrings/<name>.asc, /etc/pki/rpm-gpg/<name>.asc, ...)."""
+    family = target.parent.family
+    def_suffixes, def_dir, key_suffixes, key_dir = _VENDOR_FILES[family]
+    out, problems = [], []
+    for name, repo in target.derived.repositories.items():
+        d_ext = next((s for s in def_suffixes if repo.definition.filename.endswith(s)), None)
+        k_ext = next((s for s in key_suffixes if repo.key.filename.endswith(s)), None)
+        where = f"derived.{target.image_name}.repositories.{name}"
+        if d_ext is None:
+            problems.append(f"{where}.definition: the parent's family ({family}) reads a file ending {' or '.join(def_suffixes)}")
+        if k_ext is None:
+            problems.append(f"{where}.key: the parent's family ({family}) reads a key ending {' or '.join(key_suffixes)}")
+        if d_ext and k_ext:
+            out.append({
+                "name": name, "definition_file": repo.definition.filename, "key_file": repo.key.filename,
+                "definition_dest": f"{def_dir}/{name}{d_ext}" if family != "apk" else f"/tmp/manyforge-{name}{d_ext}",
+                "key_dest": f"{key_dir}/{name}{k_ext}",
+            })  # fmt: skip
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
+def _derived_python(target: DerivedTarget) -> str:
+    """An interpreter of the parent to run the SBOM script with (cibuildwheel's contract:
+    /opt/python holds CPythons)."""
+    for tag in target.parent.interpreters:
+        if re.fullmatch(r"cp3[0-9]+-cp3[0-9]+", tag):
+            return f"/opt/python/{tag}/bin/python"
+    raise SpecError([f"{target.slug}: its parent {target.parent.ref} has no CPython under /opt/python to run the image's steps"])
+
+
+def derived_labels(target: DerivedTarget) -> dict[str, str]:
+    """The OCI base-image annotations (the parent) and the image's own facts, as labels."""
+    checkout = _checkout()
+    parent = target.parent
+    labels = {
+        "org.opencontainers.image.title": target.slug,
+        "org.opencontainers.image.version": f"{target.image_name}-{target.spec.revision[7:19]}",
+        "org.opencontainers.image.revision": checkout["revision"],
+        "org.opencontainers.image.created": checkout["created"],
+        "org.opencontainers.image.base.name": parent.ref,
+        "io.manyforge.parent-image-id": parent.image_id,
+        "io.manyforge.policy": parent.pep600_policy,
+        "io.manyforge.arch": target.arch,
+        "io.manyforge.derived": target.image_name,
+        "io.manyforge.spec-digest": target.spec.revision,
+    }
+    if "@sha256:" in parent.ref:  # a parent pinned by digest: its manifest's digest
+        labels["org.opencontainers.image.base.digest"] = parent.ref.rsplit("@", 1)[1]
+    libs = target.derived.libraries
+    if libs:
+        labels["io.manyforge.libraries"] = ",".join(f"{n}-{lib.version}" for n, lib in libs.items())
+    return labels
+
+
+def derived_context(target: DerivedTarget) -> dict:
+    d = target.derived
+    parent = target.parent
+    return {
+        "name": target.image_name, "arch": target.arch, "family": parent.family,
+        "parent_ref": parent.ref, "parent_id": parent.image_id, "parent_tag": target.parent_tag,
+        "policy": parent.policy, "os": f"{parent.os_id} {parent.os_version}",
+        "spec_file": target.spec.source_file.name,
+        "repositories": _vendor_repositories(target),
+        "packages": list(d.packages),
+        "libraries": [
+            {"name": n, "version": lib.version, "filename": lib.filename, "sha256": lib.sha256, "build": lib.build, "options": list(lib.options)}
+            for n, lib in d.libraries.items()
+        ],
+        "script": d.script.path if d.script else None,
+        "env": dict(d.env),
+        "python": _derived_python(target),
+        "labels": derived_labels(target),
+    }  # fmt: skip
+
+
+def render_derived_dockerfile(target: DerivedTarget) -> str:
+    """The Dockerfile of a derived image×arch: a pure function of the spec and the lock."""
+    return _environment().get_template("derived.Dockerfile.j2").render(d=derived_context(target))
+
+
+def derived_sbom_input(target: DerivedTarget) -> dict:
+    """What the derived image's SBOM records besides what it reads in the image itself."""
+    d = target.derived
+    family = vars(family_layer(target.parent.family))
+    return {
+        "image": {"org": target.org, "name": target.image_name, "arch": target.arch, "policy": target.parent.pep600_policy},
+        "parent": target.parent.model_dump(),
+        "packages": list(d.packages),
+        "repositories": {n: {"definition": r.definition.model_dump(), "key": r.key.model_dump()} for n, r in d.repositories.items()},
+        "libraries": [
+            {"name": n, "version": lib.version, "sha256": lib.sha256, "filename": lib.filename,
+             "url": lib.url, "debian": lib.debian, "build": lib.build}  # fmt: skip
+            for n, lib in d.libraries.items()
+        ],
+        "script": {"path": d.script.path, "installs": [c.model_dump() for c in d.script.installs]} if d.script else None,
+        "package_query": str(family["package_query"]),
+        "purl_type": str(family["purl_type"]),
+    }
+
+
+def write_derived_context(target: DerivedTarget, cache: SourceCache, dest: Path) -> Path:
+    """A complete build context of a derived image: its Dockerfile, the two scripts it runs, its
+    verified sources, and the project's own script (copied from beside the spec file)."""
+    text = render_derived_dockerfile(target)
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "scripts").mkdir(parents=True)
+    (dest / "Dockerfile").write_text(text)
+    for name in ("build-derived-library.sh", "write-derived-sbom.py"):
+        shutil.copy2(DOCKER_DIR / "scripts" / name, dest / "scripts" / name)
+    stage_files(cache, target.source_pins(), dest / "sources")
+    script = target.derived.script
+    if script is not None:
+        root = target.spec.source_file.resolve().parent
+        source = (root / script.path).resolve()
+        if not source.is_relative_to(root) or not source.is_file():
+            raise SpecError([f"derived.{target.image_name}.script.path: {script.path} is not a file of the project ({root})"])
+        (dest / "project" / script.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest / "project" / script.path)
+    (dest / "derived-input.json").write_text(json.dumps(derived_sbom_input(target), indent=1) + "\n")
     return dest

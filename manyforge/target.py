@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from manyforge.arches import ARCHES, BUILD_HOSTS, host_arch, runs_natively
+from manyforge.parent import DerivedLock, ParentFacts, facts_for
 from manyforge.sources import Pin, cpython_pin, library_pins, static_clang_pins
-from manyforge.spec import Base, DownloadFile, Image, Spec, SpecError, Toolchain
+from manyforge.spec import Base, Derived, DownloadFile, Image, Spec, SpecError, Toolchain
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,13 @@ class Target:
         if self.base.image:
             return self.base.image
         return bootstrap_base_ref(self.spec, self.base_name, arch or self.arch)
+
+    is_derived = False
+
+    @property
+    def needs_local_images(self) -> bool:
+        """Whether its build reads an image of the local engine (a bootstrapped base)."""
+        return self.base.debootstrap is not None
 
     @property
     def cross_compiles(self) -> bool:
@@ -265,3 +273,88 @@ def resolve_target(
     return Target(spec, image_name, arch, base_name, toolchain or image.toolchain, chosen, build_host=build_host or "x86_64")
 
 
+
+
+@dataclass(frozen=True)
+class DerivedTarget:
+    """A derived image for one arch: its declaration in the spec and its parent as resolved
+    (parent.ParentFacts from the lock). Built FROM the parent's image ID, never rebuilding it."""
+
+    spec: Spec
+    image_name: str
+    arch: str
+    parent: ParentFacts
+    build_host: str = "x86_64"
+
+    @property
+    def derived(self) -> Derived:
+        return self.spec.derived[self.image_name]
+
+    @property
+    def is_derived(self) -> bool:
+        return True
+
+    @property
+    def org(self) -> str:
+        return self.spec.derived_org or self.spec.data.org
+
+    @property
+    def repository(self) -> str:
+        return f"{self.org}/{self.image_name}_{self.arch}"
+
+    @property
+    def platform(self) -> str:
+        return ARCHES[self.arch].platform
+
+    tag_suffix = ""
+    variant_suffix = ""
+    cross_compiles = False
+    bootstrap_arches: tuple[str, ...] = ()
+    # Its parent is an image of the local engine: a builder that sees none cannot build it.
+    needs_local_images = True
+
+    @property
+    def slug(self) -> str:
+        return f"{self.image_name}_{self.arch}"
+
+    @property
+    def latest_ref(self) -> str:
+        return f"{self.repository}:latest"
+
+    @property
+    def emulated(self) -> bool:
+        return not runs_natively(self.arch, self.build_host)
+
+    @property
+    def interpreters(self) -> tuple[str, ...]:
+        return self.parent.interpreters
+
+    @property
+    def parent_tag(self) -> str:
+        """The local name the build reads the parent by: its image ID in the tag, so the
+        Dockerfile names exactly that image (BuildKit resolves no bare image ID)."""
+        return f"manyforge-parent/{self.slug}:{self.parent.image_id.removeprefix('sha256:')}"
+
+    def source_pins(self) -> list[Pin]:
+        """The libraries' sources and the vendor repositories' files, each by its sha256."""
+        d = self.derived
+        pins = [Pin(lib.filename, lib.sha256, lib.url, lib.debian) for lib in d.libraries.values()]
+        for repo in d.repositories.values():
+            pins += [Pin(f.filename, f.sha256, f.url, None) for f in (repo.definition, repo.key)]
+        return pins
+
+
+def derived_target_of(spec: Spec, lock: DerivedLock, lock_file: str, image_name: str, arch: str, build_host: str | None = None) -> DerivedTarget:
+    """A derived image of the spec for one arch, with its parent as the lock pins it."""
+    if image_name not in spec.derived:
+        raise SpecError([f"unknown derived image {image_name!r}; declared: {', '.join(spec.derived) or 'none'}"])
+    derived = spec.derived[image_name]
+    archs = derived.archs or spec.image(derived.parent).archs
+    if arch not in archs:
+        raise SpecError([f"unknown arch {arch!r} for derived image {image_name}; choose one of: {', '.join(archs)}"])
+    facts = facts_for(lock, image_name, arch, lock_file)
+    return DerivedTarget(spec, image_name, arch, facts, build_host=build_host or host_arch())
+
+
+# Anything the engine builds and the tests and publish read.
+AnyTarget = Target | DerivedTarget
