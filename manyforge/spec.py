@@ -1176,7 +1176,7 @@ def load_spec(path: Path | str = DEFAULT_SPEC, lock_path: Path | str | None = No
         raise SpecError([f"{path.name}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
     if not isinstance(raw, dict):
         raise SpecError([f"{path.name}: the top level must be a mapping with keys: {_allowed_keys(SpecFile)}"])
-    if "derived" in raw and set(raw) <= set(DerivedFile.model_fields):
+    if "derived" in raw and "images" not in raw:  # a downstream file: its images all derived
         return _load_overlay(path, raw, document, lock_path, check_lock)
     # A lock named explicitly (MANYFORGE_LOCK, an argument) must exist, unless `invoke lock` is writing it.
     explicit = check_lock and (lock_path != DEFAULT_LOCK)
