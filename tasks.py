@@ -298,6 +298,23 @@ def check(c, image, arch="x86_64", spec=None):
 
 
 @task(
+    help={
+        "ref": "any image: ours, a derived one, or pypa's (local, or pinned by digest and pulled)",
+        "arch": "the image's arch (default: read from the local image)",
+    }
+)
+@_guard
+def contract(c, ref, arch=None):
+    """Check the image contract (what cibuildwheel and the images' users rely on) of any image;
+    exit 1 if it breaks any part."""
+    from manyforge import cli
+
+    code = cli.main(["contract", ref, *(["--arch", arch] if arch else [])])
+    if code:
+        raise Exit(code=code)
+
+
+@task(
     name="configure-answers",
     help={
         "image": "image of images.yaml (default: the one this machine builds)",

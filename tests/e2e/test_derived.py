@@ -165,3 +165,27 @@ def test_the_wheels_pass_their_checks_in_the_parent_which_lacks_the_libraries(de
 
 def _project(wheel_name: str) -> str:
     return next(n for n in PROJECTS if wheel_name.lower().startswith(n))
+
+
+def _contract(ref: str) -> subprocess.CompletedProcess:
+    """The installed `manyforge` command, as a downstream maintainer runs it."""
+    command = shutil.which("manyforge", path=str(Path(sys.executable).parent)) or "manyforge"
+    return subprocess.run([command, "contract", ref], capture_output=True, text=True, check=False, timeout=600)
+
+
+def test_the_contract_command_passes_the_derived_image_and_its_parent(derived):
+    _, result, _, parent_ref = derived
+    for ref in (result.tags[0], parent_ref):
+        proc = _contract(ref)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert re.search(r"\(x86_64\): (\d+) of \1 contract checks pass$", proc.stdout.strip()), proc.stdout
+
+
+def test_the_contract_command_fails_an_image_that_is_no_manylinux_image(derived):
+    """The parent's bootstrapped Debian base: a Linux image, but none of the contract."""
+    _, _, _, parent_ref = derived
+    spec = load_spec(EXAMPLE / "manyforge.yaml")
+    base = resolve_target(spec, "manylinux_2_36", "x86_64").base_ref()
+    proc = _contract(base)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL AUDITWHEEL_PLAT is <policy>_<arch>" in proc.stdout and "FAIL auditwheel runs" in proc.stdout
