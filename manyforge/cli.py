@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
             arch, findings = contract.check_image(args.ref, args.arch)
             for f in findings:
                 print(f"{'ok  ' if f.ok else 'FAIL'} {f.check}{f' ({f.detail})' if f.detail and not f.ok else ''}")
-            failed = [f for f in findings if not f.ok]
-            print(f"{args.ref} ({arch}): {len(findings) - len(failed)} of {len(findings)} contract checks pass")
-            return 1 if failed else 0
+            broken = [f for f in findings if not f.ok]
+            print(f"{args.ref} ({arch}): {len(findings) - len(broken)} of {len(findings)} contract checks pass")
+            return 1 if broken else 0
         spec = load_spec(args.spec)
         if args.command == "resolve":
             pipeline.resolve_derived(spec, args.image, args.arch)
