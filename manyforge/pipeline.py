@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from manyforge import configure_answers, engine, parent, policy
+from manyforge import configure_answers, contract, engine, parent, policy, publish
 from manyforge.arches import ARCHES
 from manyforge.render import packages_checks, render_dockerfile, write_context, write_derived_context, write_packages_check
 from manyforge.sources import (
@@ -550,3 +550,21 @@ def run_checks(target: DerivedTarget, ref: str) -> list[str]:
         if run.returncode != 0:
             failed.append(f"{command!r} (exit {run.returncode}): {(run.stdout + run.stderr)[-1500:]}")
     return failed
+
+
+def record_derived(target: DerivedTarget) -> tuple[list[str], publish.TestRecord]:
+    """The image contract and the image's own checks on its latest build, bound to its image ID
+    in a test record (what `publish` requires): every part ran, and it is publishable only when
+    each passed. Returns what failed and the record written."""
+    ref = target.latest_ref
+    image_id = engine.image_id(ref)
+    _, findings = contract.check_image(ref, target.arch)
+    failed = [f"contract: {f.check} ({f.detail})" for f in findings if not f.ok] + run_checks(target, ref)
+    collected = len(findings) + len(target.derived.checks)
+    record = publish.TestRecord(
+        image_id=image_id, slug=target.slug, ref=ref, spec_revision=publish.spec_revision(target.spec),
+        collected=collected, passed=collected - len(failed), failed=len(failed), skipped=0, complete=True,
+    )  # fmt: skip
+    publish.write_test_record(record)
+    log(f"{target.slug}: {record.verdict()}; test record of {image_id[:19]} written")
+    return failed, record

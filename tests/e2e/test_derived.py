@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from manyforge import engine, parent, pipeline
+from manyforge import engine, parent, pipeline, publish
 from manyforge.render import render_derived_dockerfile
 from manyforge.sources import SourceCache
 from manyforge.spec import load_spec
@@ -54,6 +54,14 @@ PROJECTS = {
 }
 
 
+PASSWORD = "derived-example"
+
+
+@pytest.fixture(scope="module")
+def key_password() -> str:
+    return PASSWORD
+
+
 @pytest.fixture(scope="module")
 def derived(tmp_path_factory):
     """The example, copied out of the repository (as a downstream project keeps it), resolved
@@ -70,6 +78,8 @@ def derived(tmp_path_factory):
     assert (work / parent.LOCK_NAME).exists()
     target = pipeline.derived_target(spec, "scientific", "x86_64")
     result = pipeline.build_derived(spec, SourceCache(), target)
+    target = pipeline.derived_target(spec, "scientific", "x86_64")
+    assert target.latest_ref in result.tags
     print(f"\n[build] {target.slug}: built in {result.seconds:.0f}s FROM {facts.image_id}", file=sys.stderr)
     return target, result, facts, parent_target.latest_ref
 
@@ -189,3 +199,34 @@ def test_the_contract_command_fails_an_image_that_is_no_manylinux_image(derived)
     proc = _contract(base)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL AUDITWHEEL_PLAT is <policy>_<arch>" in proc.stdout and "FAIL auditwheel runs" in proc.stdout
+
+
+def _manyforge(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    command = shutil.which("manyforge", path=str(Path(sys.executable).parent)) or "manyforge"
+    return subprocess.run([command, *args], capture_output=True, text=True, check=False, timeout=1800, **kwargs)
+
+
+def test_the_tested_derived_image_is_published_signed_and_attested(derived, registry, keys):
+    """`manyforge test` records the contract and the checks against the image ID; `manyforge
+    publish` then pushes it, signs it and attests its SBOM; cosign verifies both with the public
+    key, and the attested SBOM has the parent's interpreters and the library with its hash."""
+    target, result, facts, _ = derived
+    spec_file = target.spec.source_file
+    proc = _manyforge("test", "--spec", str(spec_file), "--image", "scientific", "--arch", "x86_64")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = publish.read_test_record(result.image_id)
+    assert record.ok and record.slug == "scientific_x86_64" and record.passed == record.collected > 10
+    proc = _manyforge("publish", "--spec", str(spec_file), "--image", "scientific", "--registry", f"{registry}/downstream",
+                      "--key", str(keys[0]), env={**os.environ, "COSIGN_PASSWORD": PASSWORD})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    catalog = json.loads(proc.stdout)
+    entry = catalog["arches"]["x86_64"]
+    assert catalog["policy"] == "manylinux_2_36" and entry["libc"] == {"name": "glibc", "version": "2.36"}
+    assert set(entry["interpreters"]) == {t for t in facts.interpreters if t.startswith("cp")}
+    pinned = f"{entry['repository']}@{entry['digest']}"
+    engine.cosign_verify(pinned, keys[1])
+    sbom = engine.verified_sbom(pinned, keys[1])
+    refs = {c["bom-ref"]: c for c in sbom["components"]}
+    assert refs["parent"]["version"] == facts.image_id and refs["library:libyaml"]["version"] == "0.2.5"
+    assert engine.remote_config_digest(f"{entry['repository']}:{entry['tags'][0]}", True) == result.image_id
+    assert catalog["index"]["arches"] == ["x86_64"]
