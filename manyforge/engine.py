@@ -39,7 +39,7 @@ import requests.exceptions
 import docker
 from manyforge.arches import ARCHES, QEMU_HANDLER, host_arch, runs_natively
 from manyforge.sources import debootstrap_root
-from manyforge.spec import REPO_ROOT, Spec
+from manyforge.spec import REPO_ROOT, WORK_DIR, Spec
 from manyforge.target import AnyTarget, DerivedTarget, Target, bootstrap_base_ref
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
@@ -913,7 +913,7 @@ GZIP_LEVEL = 6  # docker push's own level: users pull what is pushed many times 
 COPY_CHUNK = 1 << 20  # bytes of a layer read at a time
 MAX_LINK_HOPS = 8  # links followed from one name of docker save's archive
 # The push's scratch space: the saved image and its compressed layers, as large as the image.
-PUSH_WORK = REPO_ROOT / "build" / "push-work"
+PUSH_WORK = WORK_DIR / "push-work"
 
 
 def _saved_member(members: dict[str, tarfile.TarInfo], name: str, image_id: str) -> tarfile.TarInfo:

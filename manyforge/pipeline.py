@@ -39,10 +39,10 @@ from manyforge.sources import (
     library_pins,
     static_clang_sums_pin,
 )
-from manyforge.spec import REPO_ROOT, Spec, SpecError, Suite, strict_json
+from manyforge.spec import REPO_ROOT, WORK_DIR, Spec, SpecError, Suite, strict_json
 from manyforge.target import DerivedTarget, Target, derived_target_of, resolve_target
 
-BUILD_DIR = REPO_ROOT / "build"
+BUILD_DIR = WORK_DIR
 ORIGINS = ("auto", "upstream", "debian")
 # Interpreters an image is never built without, whatever a site's origins serve: cibuildwheel's
 # helper (it runs /opt/python/cp39-cp39 whatever it builds). The tools interpreter neither.

@@ -46,10 +46,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from manyforge import engine, parent
 from manyforge.quoting import REF_COMPONENT, REGISTRY_HOST
-from manyforge.spec import REPO_ROOT, Spec, strict_json
+from manyforge.spec import WORK_DIR, Spec, strict_json
 from manyforge.target import AnyTarget, derived_target_of, resolve_target
 
-BUILD_DIR = REPO_ROOT / "build"
+BUILD_DIR = WORK_DIR
 RECORD_DIR = BUILD_DIR / "test-records"
 RELEASE_DIR = BUILD_DIR / "releases"
 SBOM_PATH = "/opt/_internal/sbom.cdx.json"

@@ -34,7 +34,14 @@ from pydantic import (
 from manyforge.arches import ARCHES, Arch
 from manyforge.quoting import REF_COMPONENT, REGISTRY_HOST
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# What the pipeline reads besides the package (images.yaml, docker/, scripts/, policies/,
+# configure-answers/): the checkout the package sits in, or, installed from a wheel, the copy
+# the wheel carries in manyforge/_data (setup.py puts it there).
+_DATA = Path(__file__).resolve().parent / "_data"
+REPO_ROOT = _DATA if (_DATA / "images.yaml").is_file() else Path(__file__).resolve().parent.parent
+# Where builds, logs, test records and releases go: the checkout's build/, or, installed,
+# MANYFORGE_WORK (default ./build of the directory it runs in), never inside site-packages.
+WORK_DIR = REPO_ROOT / "build" if REPO_ROOT is not _DATA else Path(os.environ.get("MANYFORGE_WORK") or "build").resolve()
 DEFAULT_SPEC = REPO_ROOT / "images.yaml"
 DEFAULT_LOCK = REPO_ROOT / "docker" / "wheels.lock.json"
 
