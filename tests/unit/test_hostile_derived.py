@@ -10,6 +10,8 @@ untrusted too: what a parent says about itself is validated before the lock keep
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from manyforge.render import render_derived_dockerfile
 from manyforge.spec import SpecError, load_spec
 from manyforge.target import derived_target_of
 
+ROOT = Path(__file__).resolve().parents[2]
 SHA = "fa240dbf262be053f3898006d502d514936c818e422afdcf33921c63bed9bf2e"
 FILE = {
     "org": "downstream",
@@ -179,3 +182,17 @@ def test_a_lock_is_validated_like_any_input(tmp_path):
     path.write_text(path.read_text().replace(IMAGE_ID, "sha256:$(id)"))
     with pytest.raises(SpecError, match="image_id"):
         parent.load_lock(path)
+
+
+def test_hadolint_passes_on_derived_dockerfiles(tmp_path):
+    """The benign file (every kind of addition) and the example, as rendered."""
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint is installed with the test extras"
+    files = []
+    for name, data in (("every-field", FILE), ("example", yaml.safe_load((ROOT / "examples" / "scientific" / "manyforge.yaml").read_text()))):
+        work = tmp_path / name
+        work.mkdir()
+        (work / f"{name}.Dockerfile").write_text(render(work, data))
+        files.append(str(work / f"{name}.Dockerfile"))
+    proc = subprocess.run([hadolint, *files], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
