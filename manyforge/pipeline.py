@@ -515,10 +515,11 @@ def resolve_derived(spec: Spec, name: str, arch: str | None = None) -> list[pare
     return found
 
 
-def derived_target(spec: Spec, name: str, arch: str, build_host: str | None = None) -> DerivedTarget:
-    """A derived image×arch with its parent as the lock pins it."""
+def derived_target(spec: Spec, name: str, arch: str, build_host: str | None = None, matrix_parent: Target | None = None) -> DerivedTarget:
+    """A derived image×arch with its parent as the lock pins it (and, where given, its parent of
+    the matrix as this site built it)."""
     lock_file = derived_lock_file(spec)
-    return derived_target_of(spec, parent.load_lock(lock_file), str(lock_file), name, arch, build_host)
+    return derived_target_of(spec, parent.load_lock(lock_file), str(lock_file), name, arch, build_host, matrix_parent)
 
 
 def build_derived(spec: Spec, cache: SourceCache, target: DerivedTarget, origin: str = "auto", stop: threading.Event | None = None,

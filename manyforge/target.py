@@ -8,6 +8,7 @@ targets; this module reads only the spec and the source pins.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from manyforge.arches import ARCHES, BUILD_HOSTS, host_arch, runs_natively
 from manyforge.parent import DerivedLock, ParentFacts, facts_for
@@ -285,6 +286,16 @@ class DerivedTarget:
     arch: str
     parent: ParentFacts
     build_host: str = "x86_64"
+    # A parent of the matrix as this site built it (with its fallbacks and left-out interpreters),
+    # where the caller knows it: what the image tests read of an image and a derived image keeps
+    # unchanged (its policy, toolchain, interpreters' releases, offered downloads) comes from it.
+    matrix_parent: Target | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        parent_target = self.__dict__.get("matrix_parent")
+        if name.startswith("__") or parent_target is None:
+            raise AttributeError(name)
+        return getattr(parent_target, name)
 
     @property
     def derived(self) -> Derived:
@@ -327,6 +338,10 @@ class DerivedTarget:
 
     @property
     def interpreters(self) -> tuple[str, ...]:
+        """The parent's /opt/python, in the matrix's order where the parent is of the matrix."""
+        if self.matrix_parent is not None:
+            ordered = [t for t in self.matrix_parent.interpreters if t in self.parent.interpreters]
+            return tuple(ordered + [t for t in self.parent.interpreters if t not in ordered])
         return self.parent.interpreters
 
     @property
@@ -344,7 +359,9 @@ class DerivedTarget:
         return pins
 
 
-def derived_target_of(spec: Spec, lock: DerivedLock, lock_file: str, image_name: str, arch: str, build_host: str | None = None) -> DerivedTarget:
+def derived_target_of(
+    spec: Spec, lock: DerivedLock, lock_file: str, image_name: str, arch: str, build_host: str | None = None, matrix_parent: Target | None = None
+) -> DerivedTarget:
     """A derived image of the spec for one arch, with its parent as the lock pins it."""
     if image_name not in spec.derived:
         raise SpecError([f"unknown derived image {image_name!r}; declared: {', '.join(spec.derived) or 'none'}"])
@@ -353,7 +370,7 @@ def derived_target_of(spec: Spec, lock: DerivedLock, lock_file: str, image_name:
     if arch not in archs:
         raise SpecError([f"unknown arch {arch!r} for derived image {image_name}; choose one of: {', '.join(archs)}"])
     facts = facts_for(lock, image_name, arch, lock_file)
-    return DerivedTarget(spec, image_name, arch, facts, build_host=build_host or host_arch())
+    return DerivedTarget(spec, image_name, arch, facts, build_host=build_host or host_arch(), matrix_parent=matrix_parent)
 
 
 # Anything the engine builds and the tests and publish read.

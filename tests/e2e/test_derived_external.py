@@ -21,9 +21,10 @@ key_password = pytest.fixture(scope="module")(lambda: "unused")
 
 def test_a_parent_pinned_by_digest_in_a_registry_is_pulled_read_and_named(registry, tmp_path):
     spec = load_spec(DEFAULT_SPEC)
-    local = resolve_target(spec, "manylinux_2_36", "x86_64").latest_ref
-    if not engine.local_image_exists(local):
-        pytest.fail(f"{local} is not built here: the image tests (or `invoke build`) build it first")
+    parent_target = resolve_target(spec, "manylinux_2_36", "x86_64")
+    local = parent_target.latest_ref
+    if not engine.local_image_exists(local):  # a fresh machine: built (and cached for the image tests) first
+        pipeline.build(spec, SourceCache(), parent_target)
     image_id = engine.image_id(local)
     digest = engine.push_image(image_id, f"{registry}/upstream/manylinux_2_36_x86_64", plain_http=True)
     pinned = f"{registry}/upstream/manylinux_2_36_x86_64@{digest}"
