@@ -223,6 +223,15 @@ def packages_check(c, image=None, arch="x86_64", base=None, toolchain=None, spec
     """List the packages an image declares that its base's repositories do not offer (run it
     where those repositories are reachable, e.g. before building a UBI variant); exit 1 if any."""
     s = _spec(spec)
+    if image in s.derived:
+        derived = pipeline.derived_target(s, image, arch)
+        missing = pipeline.packages_check_derived(derived)
+        for where, name in missing:
+            print(f"{derived.slug}: {where} offers no package {name}")
+        if missing:
+            raise Exit(f"{derived.slug}: {len(missing)} declared package(s) missing from its parent's repositories", code=1)
+        print(f"{derived.slug}: its parent's repositories offer every declared package")
+        return
     target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain)[0]
     missing = pipeline.packages_check(target)
     for where, name in missing:

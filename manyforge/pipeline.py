@@ -23,7 +23,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from manyforge import configure_answers, contract, engine, parent, policy, publish
 from manyforge.arches import ARCHES
-from manyforge.render import packages_checks, render_dockerfile, write_context, write_derived_context, write_packages_check
+from manyforge.render import (
+    packages_checks,
+    render_dockerfile,
+    write_context,
+    write_derived_context,
+    write_derived_packages_check,
+    write_packages_check,
+)
 from manyforge.sources import (
     Address,
     Pin,
@@ -569,3 +576,20 @@ def record_derived(target: DerivedTarget) -> tuple[list[str], publish.TestRecord
     publish.write_test_record(record)
     log(f"{target.slug}: {record.verdict()}; test record of {image_id[:19]} written")
     return failed, record
+
+
+def packages_check_derived(target: DerivedTarget) -> list[tuple[str, str]]:
+    """The derived image's packages its parent's repositories do not offer (vendor repositories
+    are not set up for the question: their packages are checked by the build itself)."""
+    engine.check_prerequisites(target.arch, needs_debootstrap=False, host=target.build_host)
+    engine.tag_parent(target)
+    if not target.derived.packages:
+        return []
+    context = write_derived_packages_check(target, BUILD_DIR / "packages-check" / target.slug)
+    log(f"asking the repositories of {target.parent.ref} ({target.platform}) for {len(target.derived.packages)} packages")
+    rc, output = engine.probe_build(context, target.platform)
+    found = {m.group(1) for m in re.finditer(r"manyforge-missing: ([A-Za-z0-9][A-Za-z0-9._+:-]*)$", output, re.M)}
+    if rc != 0 and not found:
+        tail = "\n".join(output.splitlines()[-20:])
+        raise engine.EngineError(f"packages check of {target.slug} failed before it could ask (exit {rc}):\n{tail}")
+    return sorted((target.parent.ref, name) for name in found)

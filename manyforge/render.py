@@ -500,3 +500,18 @@ def write_derived_context(target: DerivedTarget, cache: SourceCache, dest: Path)
         shutil.copy2(source, dest / "project" / script.path)
     (dest / "derived-input.json").write_text(json.dumps(derived_sbom_input(target), indent=1) + "\n")
     return dest
+
+
+def write_derived_packages_check(target: DerivedTarget, dest: Path) -> Path:
+    """A build context that asks the parent's own repositories (as the parent has them set up)
+    for the derived image's packages, on its platform."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    text = _environment().get_template("packages-check.j2").render(
+        family=target.parent.family, base_ref=target.parent_tag,
+        repositories={"enable": [], "mirror": None, "arch": target.arch, "repo_file": None},
+        packages=list(target.derived.packages), then=None,
+    )  # fmt: skip
+    (dest / "Dockerfile").write_text(text)
+    return dest

@@ -230,3 +230,15 @@ def test_the_tested_derived_image_is_published_signed_and_attested(derived, regi
     assert refs["parent"]["version"] == facts.image_id and refs["library:libyaml"]["version"] == "0.2.5"
     assert engine.remote_config_digest(f"{entry['repository']}:{entry['tags'][0]}", True) == result.image_id
     assert catalog["index"]["arches"] == ["x86_64"]
+
+
+def test_packages_check_names_a_package_the_parents_repositories_lack(derived, tmp_path):
+    """`invoke packages-check` of a derived image asks the parent's own repositories."""
+    spec_file = tmp_path / "manyforge.yaml"
+    spec_file.write_text(
+        "derived:\n  check:\n    from: manylinux_2_36\n    archs: [x86_64]\n    packages: [liblmdb-dev, libmanyforge-nowhere-dev]\n"
+    )
+    spec = load_spec(spec_file)
+    pipeline.resolve_derived(spec, "check", "x86_64")
+    missing = pipeline.packages_check_derived(pipeline.derived_target(spec, "check", "x86_64"))
+    assert [name for _, name in missing] == ["libmanyforge-nowhere-dev"]
