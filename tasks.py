@@ -27,7 +27,7 @@ from manyforge.arches import ARCHES
 from manyforge.engine import EngineError, build_cache_settings, builder_name, scrub
 from manyforge.pipeline import shown
 from manyforge.policy import PolicyError
-from manyforge.render import render_dockerfile
+from manyforge.render import render_derived_dockerfile, render_dockerfile
 from manyforge.sources import SourceCache, SourceError, write_lock
 from manyforge.spec import DEFAULT_SPEC, SpecError, load_spec, lock_path_default
 
@@ -198,12 +198,16 @@ def render(c, image=None, arch="x86_64", base=None, toolchain=None, output=None,
     if output is not None and output != "-":
         pipeline.check_output(Path(output), "--output")
     s = _spec(spec)
-    target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain, build_host=build_host)[0]
-    text = render_dockerfile(target)
+    if image in s.derived:  # from the spec and its lock (`invoke resolve` first)
+        derived = pipeline.derived_target(s, image, arch, build_host)
+        text, slug = render_derived_dockerfile(derived), derived.slug
+    else:
+        target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain, build_host=build_host)[0]
+        text, slug = render_dockerfile(target), target.slug
     if output == "-":
         sys.stdout.write(text)
         return
-    path = Path(output) if output is not None else pipeline.BUILD_DIR / "dockerfiles" / target.slug / "Dockerfile"
+    path = Path(output) if output is not None else pipeline.BUILD_DIR / "dockerfiles" / slug / "Dockerfile"
     pipeline.write_output(path, text, "--output")
     print(path)
 
