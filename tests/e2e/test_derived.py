@@ -242,3 +242,39 @@ def test_packages_check_names_a_package_the_parents_repositories_lack(derived, t
     pipeline.resolve_derived(spec, "check", "x86_64")
     missing = pipeline.packages_check_derived(pipeline.derived_target(spec, "check", "x86_64"))
     assert [name for _, name in missing] == ["libmanyforge-nowhere-dev"]
+
+
+def test_an_autotools_library_and_a_project_script_build_and_reach_the_sbom(derived, tmp_path):
+    """The other declared build system (LibYAML's configure.ac, regenerated with the parent's
+    autotools: Debian's orig tarball has no configure) and a step of the project's own, mounted
+    from its repository, whose declared install is in the SBOM."""
+    (tmp_path / "ci").mkdir()
+    (tmp_path / "ci" / "vendor.sh").write_text("#!/bin/sh\nset -eu\nmkdir -p /opt/vendor\necho 1.2.3 > /opt/vendor/VERSION\n")
+    spec_file = tmp_path / "manyforge.yaml"
+    spec_file.write_text(
+        "org: example\n"
+        "derived:\n"
+        "  autotools:\n"
+        "    from: manylinux_2_36\n"
+        "    archs: [x86_64]\n"
+        "    libraries:\n"
+        "      libyaml:\n"
+        '        version: "0.2.5"\n'
+        "        debian: pool/main/liby/libyaml/libyaml_0.2.5.orig.tar.gz\n"
+        "        sha256: fa240dbf262be053f3898006d502d514936c818e422afdcf33921c63bed9bf2e\n"
+        "        build: autotools\n"
+        "        options: [--disable-static]\n"
+        "    script: {path: ci/vendor.sh, installs: [{name: vendor-sdk, version: 1.2.3}]}\n"
+        "    checks:\n"
+        "      - test -e /usr/local/lib/libyaml.so && test ! -e /usr/local/lib/libyaml.a\n"
+        "      - test \"$(cat /opt/vendor/VERSION)\" = 1.2.3\n"
+    )
+    spec = load_spec(spec_file)
+    pipeline.resolve_derived(spec, "autotools", "x86_64")
+    target = pipeline.derived_target(spec, "autotools", "x86_64")
+    result = pipeline.build_derived(spec, SourceCache(), target)  # runs the checks
+    sbom = json.loads(engine.read_image_file(result.image_id, "/opt/_internal/sbom.cdx.json", 32 << 20))
+    refs = {c["bom-ref"]: c for c in sbom["components"]}
+    assert refs["script:vendor-sdk"]["version"] == "1.2.3"
+    assert {"name": "manyforge:build", "value": "autotools"} in refs["library:libyaml"]["properties"]
+    assert "autoreconf" in result.log.read_text()
