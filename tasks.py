@@ -537,7 +537,7 @@ def changelog(c, registry, from_tag, to_tag, image=None, arch=None, public_key=N
         raise Exit("error: --public-key (or MANYFORGE_COSIGN_PUB) is needed to verify the SBOMs", code=2)
     pub_file = _path(pub, "--public-key" if public_key is not None else "MANYFORGE_COSIGN_PUB")
     name = _image(s, image)
-    arches = _list(arch, "arch") or list(s.image(name).archs)
+    arches = _list(arch, "arch") or list(publish_module.release_image(s, name).archs)
     log = publish_module.changelog(s, registry, name, arches, from_tag, to_tag, pub_file)
     print(json.dumps(log, indent=1) if format == "json" else publish_module.changelog_markdown(log))
 

@@ -66,7 +66,11 @@ def main(input_path, output_path):
                                       "properties": [prop("interpreter", tag), prop("prefix", real)]})  # fmt: skip
         source = "its package database and /opt/python"
     for c in parent_components:
-        c.setdefault("properties", []).append(prop("from-parent", "true"))
+        props = c.setdefault("properties", [])
+        if not any(p.get("name") == "manyforge:from-parent" for p in props):  # a parent derived itself
+            props.append(prop("from-parent", "true"))
+        if c.get("bom-ref") == "parent":  # the parent's own parent: still named, under a ref of its own
+            c["bom-ref"] = f"ancestor:{c.get('version', '')}"
     release = os_release()
     components = [
         {"type": "container", "bom-ref": "parent", "name": parent["ref"], "version": parent["image_id"],

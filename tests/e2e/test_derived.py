@@ -278,3 +278,36 @@ def test_an_autotools_library_and_a_project_script_build_and_reach_the_sbom(deri
     assert refs["script:vendor-sdk"]["version"] == "1.2.3"
     assert {"name": "manyforge:build", "value": "autotools"} in refs["library:libyaml"]["properties"]
     assert "autoreconf" in result.log.read_text()
+
+
+@pytest.mark.skipif(not os.environ.get("MANYFORGE_TEST_DERIVED_CHANGELOG"), reason="opt-in (about 4 minutes): MANYFORGE_TEST_DERIVED_CHANGELOG=1")
+def test_the_changelog_of_a_derived_image_shows_its_parents_changes(derived, registry, keys, tmp_path):
+    """Two releases of one derived image, the second on another parent (the scientific image,
+    pinned by digest in the registry): the changelog between them names the parent's new parts."""
+    _, scientific, _, _ = derived
+    digest = engine.push_image(scientific.image_id, f"{registry}/upstream/scientific_x86_64", plain_http=True)
+    parents = {"one": "manylinux_2_36", "two": f"{registry}/upstream/scientific_x86_64@{digest}"}
+    tags = []
+    for release, parent_ref in parents.items():
+        work = tmp_path / release
+        work.mkdir()
+        (work / "manyforge.yaml").write_text(f"org: example\nderived:\n  app:\n    from: {parent_ref}\n    archs: [x86_64]\n")
+        spec = load_spec(work / "manyforge.yaml")
+        pipeline.resolve_derived(spec, "app", "x86_64")
+        target = pipeline.derived_target(spec, "app", "x86_64")
+        pipeline.build_derived(spec, SourceCache(), target)
+        failed, _ = pipeline.record_derived(pipeline.derived_target(spec, "app", "x86_64"))
+        assert not failed
+        os.environ["COSIGN_PASSWORD"] = PASSWORD
+        try:
+            catalog = publish.publish(spec, "app", None, f"{registry}/changelog", keys[0], log=lambda line: None)
+        finally:
+            del os.environ["COSIGN_PASSWORD"]
+        tags.append(catalog["release"])
+    log = publish.changelog(spec, f"{registry}/changelog", "app", ["x86_64"], tags[0], tags[1], keys[1])
+    packages = log["arches"]["x86_64"]["packages"]
+    added = {name for name, _ in packages["added"]}
+    assert {"liblmdb-dev", "libyaml", parents["two"]} <= added, packages
+    # Nothing went away: the first release's parent is the new parent's own parent, still named.
+    assert packages["removed"] == [] and packages["updated"] == [], packages
+    subprocess.run(["docker", "image", "rm", "--no-prune", parents["two"]], check=False, capture_output=True)
