@@ -572,6 +572,12 @@ def tag_parent(target: DerivedTarget) -> None:
             "engine; resolve again (`invoke resolve`) to derive from the parent as it is now"
         ) from None
     name, _, tag = target.parent_tag.rpartition(":")
+    # One name per derived image×arch: an earlier parent's is dropped (only the name: the image
+    # stays while anything else names or uses it), so no parent is kept alive by it alone.
+    for other in client().images.list(name=name):
+        for old in other.tags:
+            if old.startswith(f"{name}:") and old != target.parent_tag:
+                client().images.remove(old, noprune=True)
     image.tag(name, tag)
 
 
