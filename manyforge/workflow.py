@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 
 from manyforge.arches import ARCHES, runs_natively
-from manyforge.render import Target, resolve_target
 from manyforge.spec import Runner, Spec, SpecError
+from manyforge.target import Target, resolve_target
 
 JOB_BUDGET_MINUTES = 240  # every job must stay under 4 hours (GitHub stops a job at 6)
 RUNNER_DISK_GB = 14.0  # free disk of a GitHub-hosted Linux runner

@@ -29,8 +29,8 @@ import pytest
 import yaml
 
 from manyforge import engine, publish
-from manyforge.render import resolve_target
 from manyforge.spec import DEFAULT_SPEC, Spec, load_spec
+from manyforge.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
 INVOKE = Path(sys.executable).with_name("invoke")

@@ -9,8 +9,9 @@ import re
 import pytest
 
 from manyforge.arches import configure_build, python_multiarch
-from manyforge.render import build_packages, declared_packages, image_labels, render_dockerfile, resolve_target, stage_context
+from manyforge.render import build_packages, declared_packages, image_labels, render_dockerfile, stage_context
 from manyforge.spec import load_spec
+from manyforge.target import resolve_target
 
 SPEC = load_spec()
 

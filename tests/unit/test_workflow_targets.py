@@ -19,8 +19,9 @@ import yaml
 from manyforge import engine, workflow
 from manyforge.arches import host_arch, runs_natively
 from manyforge.engine import Builder, EngineError, builder_name, cache_options, check_builder
-from manyforge.render import render_dockerfile, resolve_target
+from manyforge.render import render_dockerfile
 from manyforge.spec import DEFAULT_SPEC, SpecError, load_spec, spec_from_data
+from manyforge.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec()
