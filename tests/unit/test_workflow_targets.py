@@ -157,7 +157,9 @@ def test_the_measured_builds_are_what_the_model_says_on_two_cores():
         return (e.minutes_cached - workflow.SETUP_MIN - tests) * 60 / workflow.FOUR_CORE_FACTOR
 
     four = ["cp39-cp39", "cp311-cp311", "cp313-cp313", "cp313-cp313t"]
-    assert two_core_seconds("manylinux_2_36", "x86_64", four) == pytest.approx(818 + 41, abs=60)
+    # 818 s for the interpreters and 41 s of bootstrap, measured before Debian 12 built SQLite and
+    # zstd from source, plus those two libraries' stages (82 s)
+    assert two_core_seconds("manylinux_2_36", "x86_64", four) == pytest.approx(818 + 41 + 82, abs=60)
     assert two_core_seconds("manylinux_2_31", "x86_64", ["cp313-cp313"]) == pytest.approx(392 + 41, abs=60)
 
 
