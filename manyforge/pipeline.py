@@ -331,6 +331,16 @@ def spec_json(path: Path) -> dict[str, str]:
     return data
 
 
+def _ask_repositories(context: Path, platform: str, what: str) -> set[str]:
+    """Run a packages-check build; the packages it reports missing (exit 1 when it could not ask)."""
+    rc, output = engine.probe_build(context, platform)
+    found = {m.group(1) for m in re.finditer(r"manyforge-missing: ([A-Za-z0-9][A-Za-z0-9._+:-]*)$", output, re.M)}
+    if rc != 0 and not found:
+        tail = "\n".join(output.splitlines()[-20:])
+        raise engine.EngineError(f"packages check of {what} failed before it could ask (exit {rc}):\n{tail}")
+    return found
+
+
 def packages_check(target: Target) -> list[tuple[str, str]]:
     """The declared packages the base's repositories (set up as the image sets them up) lack,
     as (repositories, package): the image's own, and for a cross-compiled image those of its
@@ -344,11 +354,7 @@ def packages_check(target: Target) -> list[tuple[str, str]]:
         stage = f" ({where.platform}, for the cross stage)" if cross else ""
         context = write_packages_check(where, BUILD_DIR / "packages-check" / f"{target.slug}{'-cross' if cross else ''}", packages, setup)
         log(f"asking the repositories of {where.base_name}{stage or f' ({where.platform})'} for {len(packages)} packages")
-        rc, output = engine.probe_build(context, where.platform)
-        found = {m.group(1) for m in re.finditer(r"manyforge-missing: ([A-Za-z0-9][A-Za-z0-9._+:-]*)$", output, re.M)}
-        if rc != 0 and not found:
-            tail = "\n".join(output.splitlines()[-20:])
-            raise engine.EngineError(f"packages check of {target.slug}{stage} failed before it could ask (exit {rc}):\n{tail}")
+        found = _ask_repositories(context, where.platform, f"{target.slug}{stage}")
         missing |= {(f"{where.base_name}{stage}", name) for name in found}
     return sorted(missing)
 
@@ -587,9 +593,5 @@ def packages_check_derived(target: DerivedTarget) -> list[tuple[str, str]]:
         return []
     context = write_derived_packages_check(target, BUILD_DIR / "packages-check" / target.slug)
     log(f"asking the repositories of {target.parent.ref} ({target.platform}) for {len(target.derived.packages)} packages")
-    rc, output = engine.probe_build(context, target.platform)
-    found = {m.group(1) for m in re.finditer(r"manyforge-missing: ([A-Za-z0-9][A-Za-z0-9._+:-]*)$", output, re.M)}
-    if rc != 0 and not found:
-        tail = "\n".join(output.splitlines()[-20:])
-        raise engine.EngineError(f"packages check of {target.slug} failed before it could ask (exit {rc}):\n{tail}")
+    found = _ask_repositories(context, target.platform, target.slug)
     return sorted((target.parent.ref, name) for name in found)
