@@ -430,10 +430,7 @@ def matrix(c, spec=None, image=None, arch=None, estimates=False):
     two legs (`native`, then `cross`) and the runner of each (images.yaml's `runners`)."""
     s = _spec(spec)
     if estimates:
-        print("| image | arch | leg | minutes (main, cached) | minutes (pull request) | disk GB |")
-        print("|---|---|---|---|---|---|")
-        for name, a, leg, e in workflow.estimates(s):
-            print(f"| {name} | {a} | {leg} | {e.minutes_cached} | {e.minutes_uncached} | {e.disk_gb} |")
+        print(workflow.estimates_table(s), end="")
         return
     if (image is None) != (arch is None):
         raise SpecError(["--image and --arch: give both (one canary job) or neither (the whole matrix)"])

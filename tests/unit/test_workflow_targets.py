@@ -266,3 +266,10 @@ def test_the_canary_takes_only_an_image_arch_of_images_yaml(args, expected):
     proc = subprocess.run([sys.executable, "-m", "invoke", "matrix", *args], cwd=ROOT, capture_output=True, text=True,
                           check=False, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.startswith(expected), proc.stderr
+
+
+def test_the_readmes_estimates_table_is_the_models():
+    """README's table is `invoke matrix --estimates`: it was hand-copied once and went stale when
+    the Debian images declared every interpreter."""
+    readme = (ROOT / "README.md").read_text()
+    assert workflow.estimates_table(SPEC) in readme, "README's estimates table differs: paste `invoke matrix --estimates`"
