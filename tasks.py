@@ -20,7 +20,7 @@ import requests.exceptions
 from invoke import Exit, task
 
 from manyforge import configure_answers as configure_answers_module
-from manyforge import contract as contract_module
+from manyforge import contract_table as contract_module
 from manyforge import pipeline, workflow
 from manyforge import policy as policy_module
 from manyforge import publish as publish_module
@@ -28,7 +28,7 @@ from manyforge.arches import ARCHES
 from manyforge.engine import EngineError, build_cache_settings, builder_name, scrub
 from manyforge.pipeline import shown
 from manyforge.policy import PolicyError
-from manyforge.render import render_dockerfile
+from manyforge.render import render_derived_dockerfile, render_dockerfile
 from manyforge.sources import SourceCache, SourceError, write_lock
 from manyforge.spec import DEFAULT_SPEC, SpecError, load_spec, lock_path_default
 
@@ -199,12 +199,16 @@ def render(c, image=None, arch="x86_64", base=None, toolchain=None, output=None,
     if output is not None and output != "-":
         pipeline.check_output(Path(output), "--output")
     s = _spec(spec)
-    target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain, build_host=build_host)[0]
-    text = render_dockerfile(target)
+    if image in s.derived:  # from the spec and its lock (`invoke resolve` first)
+        derived = pipeline.derived_target(s, image, arch, build_host)
+        text, slug = render_derived_dockerfile(derived), derived.slug
+    else:
+        target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain, build_host=build_host)[0]
+        text, slug = render_dockerfile(target), target.slug
     if output == "-":
         sys.stdout.write(text)
         return
-    path = Path(output) if output is not None else pipeline.BUILD_DIR / "dockerfiles" / target.slug / "Dockerfile"
+    path = Path(output) if output is not None else pipeline.BUILD_DIR / "dockerfiles" / slug / "Dockerfile"
     pipeline.write_output(path, text, "--output")
     print(path)
 
@@ -224,6 +228,15 @@ def packages_check(c, image=None, arch="x86_64", base=None, toolchain=None, spec
     """List the packages an image declares that its base's repositories do not offer (run it
     where those repositories are reachable, e.g. before building a UBI variant); exit 1 if any."""
     s = _spec(spec)
+    if image in s.derived:
+        derived = pipeline.derived_target(s, image, arch)
+        missing = pipeline.packages_check_derived(derived)
+        for where, name in missing:
+            print(f"{derived.slug}: {where} offers no package {name}")
+        if missing:
+            raise Exit(f"{derived.slug}: {len(missing)} declared package(s) missing from its parent's repositories", code=1)
+        print(f"{derived.slug}: its parent's repositories offer every declared package")
+        return
     target = pipeline.targets_for(s, _image(s, image), arch, base=base, toolchain=toolchain)[0]
     missing = pipeline.packages_check(target)
     for where, name in missing:
@@ -253,10 +266,66 @@ def build(c, image=None, arch="x86_64", python=None, base=None, toolchain=None, 
     build_cache_settings()  # a mistake in MANYFORGE_BUILD_CACHE(_PUSH) stops it before anything runs
     builder_name(builder)
     s = _spec(spec)
+    if image in s.derived:
+        if python or base or toolchain:
+            raise SpecError(["--python, --base and --toolchain: a derived image has its parent's; resolve another parent instead"])
+        derived = pipeline.derived_target(s, image, arch, build_host)
+        pipeline.build_derived(s, SourceCache(), derived, origin=origin, builder=builder)
+        return
     target = pipeline.targets_for(
         s, _image(s, image), arch, base=base, toolchain=toolchain, interpreters=_list(python, "python"), build_host=build_host
     )[0]
     pipeline.build(s, SourceCache(), target, origin=origin, builder=builder)
+
+
+@task(
+    help={
+        "image": "a derived image (images.yaml's `derived`, or the --spec file's)",
+        "arch": "one architecture (default: every arch of the derived image)",
+        "spec": SPEC_HELP,
+    }
+)
+@_guard
+def resolve(c, image, arch=None, spec=None):
+    """Read what a derived image's parent is (AUDITWHEEL_*, os-release, /opt/python) from the
+    parent itself, by its image ID, and pin it in derived.lock.json beside the spec file."""
+    s = _spec(spec)
+    pipeline.resolve_derived(s, image, arch)
+
+
+@task(
+    help={
+        "image": "a derived image",
+        "arch": "architecture (default: x86_64)",
+        "spec": SPEC_HELP,
+    }
+)
+@_guard
+def check(c, image, arch="x86_64", spec=None):
+    """Run a derived image's own checks in its latest build; exit 1 if any fails."""
+    s = _spec(spec)
+    target = pipeline.derived_target(s, image, arch)
+    failed = pipeline.run_checks(target, target.latest_ref)
+    if failed:
+        raise Exit("error: " + "\nerror: ".join(failed), code=1)
+    print(f"{target.slug}: {len(target.derived.checks)} check(s) passed")
+
+
+@task(
+    help={
+        "ref": "any image: ours, a derived one, or pypa's (local, or pinned by digest and pulled)",
+        "arch": "the image's arch (default: read from the local image)",
+    }
+)
+@_guard
+def contract(c, ref, arch=None):
+    """Check the image contract (what cibuildwheel and the images' users rely on) of any image;
+    exit 1 if it breaks any part."""
+    from manyforge import cli
+
+    code = cli.main(["contract", ref, *(["--arch", arch] if arch else [])])
+    if code:
+        raise Exit(code=code)
 
 
 @task(
@@ -362,10 +431,7 @@ def matrix(c, spec=None, image=None, arch=None, estimates=False):
     two legs (`native`, then `cross`) and the runner of each (images.yaml's `runners`)."""
     s = _spec(spec)
     if estimates:
-        print("| image | arch | leg | minutes (main, cached) | minutes (pull request) | disk GB |")
-        print("|---|---|---|---|---|---|")
-        for name, a, leg, e in workflow.estimates(s):
-            print(f"| {name} | {a} | {leg} | {e.minutes_cached} | {e.minutes_uncached} | {e.disk_gb} |")
+        print(workflow.estimates_table(s), end="")
         return
     if (image is None) != (arch is None):
         raise SpecError(["--image and --arch: give both (one canary job) or neither (the whole matrix)"])
@@ -469,14 +535,14 @@ def changelog(c, registry, from_tag, to_tag, image=None, arch=None, public_key=N
         raise Exit("error: --public-key (or MANYFORGE_COSIGN_PUB) is needed to verify the SBOMs", code=2)
     pub_file = _path(pub, "--public-key" if public_key is not None else "MANYFORGE_COSIGN_PUB")
     name = _image(s, image)
-    arches = _list(arch, "arch") or list(s.image(name).archs)
+    arches = _list(arch, "arch") or list(publish_module.release_image(s, name).archs)
     log = publish_module.changelog(s, registry, name, arches, from_tag, to_tag, pub_file)
     print(json.dumps(log, indent=1) if format == "json" else publish_module.changelog_markdown(log))
 
 
 @task(help={"write": "rewrite README.md's table (else: exit 1 if it differs from tests/contract.yaml)"})
 @_guard
-def contract(c, write=False):
+def contract_table(c, write=False):
     """README's "image contract, beside pypa's" table, generated from tests/contract.yaml."""
     data = contract_module.load_contract()
     readme = contract_module.README.read_text(encoding="utf-8")
@@ -493,7 +559,7 @@ def contract(c, write=False):
         contract_module.README.write_text(wanted, encoding="utf-8")
         print("README.md: contract table rewritten from tests/contract.yaml")
     else:
-        raise Exit("README.md: the contract table differs from tests/contract.yaml; run `invoke contract --write`", code=1)
+        raise Exit("README.md: the contract table differs from tests/contract.yaml; run `invoke contract-table --write`", code=1)
 
 
 @task

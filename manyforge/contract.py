@@ -1,120 +1,100 @@
-"""The image contract beside pypa's: tests/contract.yaml, and README's table made from it.
+"""The image contract, checked against any image reference: ours, a derived one, or pypa's.
 
-The data file is the one source: each row says what our images do, what pypa's do, where ours
-differ on purpose and why, and which tests check it. README.md's table is written from it
-(`invoke contract --write`), never by hand; tests/unit/test_contract.py fails when they differ.
+What cibuildwheel and the users of manylinux images rely on (DESIGN.md, "The image contract"),
+read from one run of PROBE in a container of the image (through its entrypoint, which must exec
+its arguments), and judged here: a maintainer can check an image before pinning it. The image's
+answers are untrusted text; they are only compared, never executed or rendered.
 """
 
 from __future__ import annotations
 
-import ast
+import re
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
+from manyforge import engine
+from manyforge.arches import ARCHES
 
-from manyforge.spec import REPO_ROOT
+# Tools users of pypa's images call (pypa/manylinux's install-runtime-packages.sh and its tests).
+TOOLS = ("auditwheel", "patchelf", "git", "pkg-config", "autoconf", "automake", "libtool", "make", "gcc", "g++", "cmake", "swig")
+THIRTY_TWO_BIT = ("i686", "armv7l")
 
-CONTRACT = REPO_ROOT / "tests" / "contract.yaml"
-README = REPO_ROOT / "README.md"
-BEGIN = "<!-- contract: generated from tests/contract.yaml by `invoke contract --write`; edit that file, not this table -->"
-END = "<!-- /contract -->"
-ITEM_KEYS = {"what", "ours", "pypa", "differs", "checked"}
-
-
-class ContractError(ValueError):
-    pass
+PROBE = r"""
+printf 'env AUDITWHEEL_POLICY=%s\nenv AUDITWHEEL_ARCH=%s\nenv AUDITWHEEL_PLAT=%s\n' "${AUDITWHEEL_POLICY-}" "${AUDITWHEEL_ARCH-}" "${AUDITWHEEL_PLAT-}"
+for d in /opt/python/*; do
+    [ -e "$d" ] || continue
+    tag=${d##*/}
+    if "$d/bin/python" -c 'import sys' >/dev/null 2>&1; then echo "python $tag runs"; else echo "python $tag broken"; fi
+    for m in pip build; do
+        if "$d/bin/python" -c "import $m" >/dev/null 2>&1; then echo "module $tag $m"; fi
+    done
+done
+for t in TOOLS linux32 manylinux-interpreters; do
+    if command -v "$t" >/dev/null 2>&1; then echo "tool $t"; fi
+done
+if command -v manylinux-interpreters >/dev/null 2>&1 && manylinux-interpreters --help >/dev/null 2>&1; then echo "interpreters-help ok"; fi
+if command -v auditwheel >/dev/null 2>&1 && auditwheel --version >/dev/null 2>&1; then echo "auditwheel-version ok"; fi
+echo "probe done"
+""".replace("TOOLS", " ".join(TOOLS))
 
 
 @dataclass(frozen=True)
-class Item:
-    what: str
-    ours: str
-    pypa: str
-    differs: str
-    checked: tuple[str, ...]
+class Finding:
+    check: str
+    ok: bool
+    detail: str
 
 
-@dataclass(frozen=True)
-class Contract:
-    items: tuple[Item, ...]
-    pypa_versions: dict[str, str]
-    release_tools: dict[str, dict[str, str]]
-    release_tools_why: str
-    pypa_packages: dict
-    same_as: dict[str, dict[str, str]]
-    not_carried: dict[str, dict[str, str]]
-
-    def pypa_package_gaps(self, family: str, image: str, arch: str, carried: set[str]) -> list[str]:
-        """pypa's packages for one image x arch that `carried` lacks with no reason given."""
-        wanted = [*self.pypa_packages["families"][family], *self.pypa_packages["images"].get(image, ())]
-        wanted += self.pypa_packages.get(arch, [])
-        reasons = {**self.not_carried.get(family, {}), **self.not_carried.get(f"{arch}-{family}", {})}
-        same = self.same_as.get(family, {})
-        return [p for p in dict.fromkeys(wanted) if same.get(p, p) not in carried and not reasons.get(p, "").strip()]
-
-
-def load_contract(path: Path = CONTRACT) -> Contract:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
-        raise ContractError(f"{path.name}: a mapping with an `items` list is expected")
-    items = []
-    for i, raw in enumerate(data["items"]):
-        if not isinstance(raw, dict) or set(raw) - ITEM_KEYS or not {"what", "ours", "pypa", "checked"} <= set(raw):
-            raise ContractError(f"{path.name}: items[{i}]: keys what, ours, pypa, checked (and differs) are expected")
-        if not raw["checked"] or not all(isinstance(t, str) for t in raw["checked"]):
-            raise ContractError(f"{path.name}: items[{i}] ({raw['what']}): `checked` must name at least one test")
-        items.append(Item(str(raw["what"]), str(raw["ours"]), str(raw["pypa"]), str(raw.get("differs", "")), tuple(raw["checked"])))
-    versions = {str(k): str(v) for k, v in (data.get("pypa_versions") or {}).items()}
-    kept = {str(b): {str(k): str(v) for k, v in tools.items()} for b, tools in (data.get("release_tools") or {}).items()}
-    mapping = {str(k): {str(a): str(b) for a, b in (v or {}).items()} for k, v in (data.get("same_as") or {}).items()}
-    reasons = {str(k): {str(a): str(b) for a, b in (v or {}).items()} for k, v in (data.get("not_carried") or {}).items()}
-    return Contract(tuple(items), versions, kept, str(data.get("release_tools_why", "")), dict(data.get("pypa_packages") or {}), mapping, reasons)
+def judge(output: str, arch: str) -> list[Finding]:
+    """The contract's checks on PROBE's output for an image of `arch`."""
+    lines = output.splitlines()
+    env = dict(line[4:].split("=", 1) for line in lines if line.startswith("env ") and "=" in line)
+    pythons = {m.group(1): m.group(2) for line in lines if (m := re.fullmatch(r"python (\S+) (runs|broken)", line))}
+    modules = {tuple(line.split()[1:3]) for line in lines if re.fullmatch(r"module \S+ \S+", line)}
+    tools = {line.split()[1] for line in lines if re.fullmatch(r"tool \S+", line)}
+    policy, plat = env.get("AUDITWHEEL_POLICY", ""), env.get("AUDITWHEEL_PLAT", "")
+    cpythons = sorted(t for t in pythons if re.fullmatch(r"cp3[0-9]+-cp3[0-9]+t?", t))
+    lacking = [f"{t}:{m}" for t in cpythons for m in ("pip", "build") if (t, m) not in modules]
+    findings = [
+        Finding("the entrypoint runs its arguments", "probe done" in lines, "the probe ran to its end" if "probe done" in lines else "the probe did not run"),
+        Finding("AUDITWHEEL_POLICY is a manylinux/musllinux policy", bool(re.fullmatch(r"(manylinux|musllinux)[0-9_]+", policy)), repr(policy[:60])),
+        Finding(f"AUDITWHEEL_ARCH is {arch}", env.get("AUDITWHEEL_ARCH") == arch, repr(env.get("AUDITWHEEL_ARCH", "")[:40])),
+        Finding("AUDITWHEEL_PLAT is <policy>_<arch>", bool(policy) and plat == f"{policy}_{arch}", repr(plat[:60])),
+        Finding(
+            "/opt/python/cp39-cp39/bin/python (cibuildwheel's helper) runs", pythons.get("cp39-cp39") == "runs", pythons.get("cp39-cp39", "absent")
+        ),
+        Finding("every /opt/python interpreter runs", bool(pythons) and all(v == "runs" for v in pythons.values()),
+                ", ".join(f"{t}: {v}" for t, v in sorted(pythons.items())) or "no /opt/python"),  # fmt: skip
+        Finding("pip and build (cibuildwheel's default frontend) in every CPython", bool(cpythons) and not lacking,
+                "missing: " + (", ".join(lacking) or "none") if cpythons else "no CPython under /opt/python"),  # fmt: skip
+        Finding("auditwheel runs", "auditwheel-version ok" in lines, "auditwheel --version"),
+    ]  # fmt: skip
+    missing = [t for t in TOOLS if t not in tools]
+    findings.append(Finding("the tools users call are on PATH", not missing, "missing: " + (", ".join(missing) or "none")))
+    if arch in THIRTY_TWO_BIT:
+        findings.append(Finding("linux32 on PATH (cibuildwheel runs it on 32-bit images)", "linux32" in tools, ""))
+    if "manylinux-interpreters" in tools:
+        findings.append(Finding("manylinux-interpreters --help succeeds", "interpreters-help ok" in lines, ""))
+    return findings
 
 
-def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+def image_arch(ref: str) -> str:
+    """The arch of a local image, from its platform."""
+    platform = engine.image_platform(ref)
+    for name, arch in ARCHES.items():
+        if arch.platform == platform or (platform and arch.platform == platform.rsplit("/", 1)[0] and name != "armv7l"):
+            return name
+    raise engine.EngineError(f"{ref}: platform {platform} is none of the arches known here: {', '.join(ARCHES)}")
 
 
-def _test_name(ref: str) -> str:
-    path, _, function = ref.partition("::")
-    return f"`{Path(path).stem}::{function}`"
-
-
-def render_table(contract: Contract) -> str:
-    lines = [
-        "| what | ours | pypa/manylinux | differs on purpose because | checked by |",
-        "|---|---|---|---|---|",
-    ]
-    for item in contract.items:
-        checked = ", ".join(_test_name(t) for t in item.checked)
-        lines.append(f"| {_cell(item.what)} | {_cell(item.ours)} | {_cell(item.pypa)} | {_cell(item.differs) or '—'} | {checked} |")
-    return "\n".join(lines) + "\n"
-
-
-def readme_with_table(readme: str, contract: Contract) -> str:
-    """README's text with the table between the markers replaced by the generated one."""
-    if readme.count(BEGIN) != 1 or readme.count(END) != 1 or readme.index(BEGIN) > readme.index(END):
-        raise ContractError(f"README.md: expected the markers {BEGIN!r} and {END!r} once each, in that order")
-    head, rest = readme.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{render_table(contract)}{END}{tail}"
-
-
-def missing_tests(contract: Contract, root: Path = REPO_ROOT) -> list[str]:
-    """Every `checked` reference whose test function does not exist."""
-    defined: dict[str, set[str]] = {}
-    missing = []
-    for item in contract.items:
-        for ref in item.checked:
-            path, sep, function = ref.partition("::")
-            if not sep or not path.startswith("tests/") or not path.endswith(".py"):
-                missing.append(f"{item.what}: {ref!r} is not tests/<dir>/<file>.py::<test function>")
-                continue
-            if path not in defined:
-                file = root / path
-                tree = ast.parse(file.read_text(encoding="utf-8")) if file.is_file() else ast.Module(body=[], type_ignores=[])
-                defined[path] = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
-            if function not in defined[path]:
-                missing.append(f"{item.what}: {ref} does not exist")
-    return missing
+def check_image(ref: str, arch: str | None = None) -> tuple[str, list[Finding]]:
+    """Run the contract against an image: a local one, or one pinned by digest (pulled first).
+    Returns the arch checked and every finding."""
+    if arch is None:
+        if not engine.local_image_exists(ref):
+            raise engine.EngineError(f"{ref}: not an image of this engine; give --arch to pull one pinned by digest")
+        arch = image_arch(ref)
+    elif arch not in ARCHES:
+        raise engine.EngineError(f"--arch {arch[:40]!r}: unknown; choose one of: {', '.join(ARCHES)}")
+    engine.ensure_parent(ref, arch)
+    run = engine.run_container(ref, arch, ["/bin/sh", "-c", PROBE])
+    return arch, judge(run.stdout, arch)

@@ -38,9 +38,9 @@ import requests.exceptions
 
 import docker
 from manyforge.arches import ARCHES, QEMU_HANDLER, host_arch, runs_natively
-from manyforge.render import Target, bootstrap_base_ref
 from manyforge.sources import debootstrap_root
-from manyforge.spec import REPO_ROOT, Spec
+from manyforge.spec import REPO_ROOT, WORK_DIR, Spec
+from manyforge.target import AnyTarget, DerivedTarget, Target, bootstrap_base_ref
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 SETUP_HINT = "run `sudo scripts/setup-host.sh` (or `invoke setup`) to install and start it"
@@ -181,7 +181,7 @@ class BuildResult:
     tags: list[str]
     seconds: float
     log: Path
-    target: Target  # as built: with any CPython fallback the fetch stage chose
+    target: AnyTarget  # as built: with any CPython fallback the fetch stage chose
 
 
 CACHE_BUILDER = "manyforge-cache"
@@ -290,7 +290,7 @@ def inspect_builder(name: str | None) -> Builder:
     return Builder(name, driver, containerd, fields.get("Endpoint") if driver == "docker" else None)
 
 
-def cache_options(builder: Builder, target: Target, ref: str | None, push: bool, default_builder: bool) -> list[str]:
+def cache_options(builder: Builder, target: AnyTarget, ref: str | None, push: bool, default_builder: bool) -> list[str]:
     """buildx options for the build of `target` on `builder` with the registry cache `ref`
     (MANYFORGE_BUILD_CACHE; one tag per image×arch×variant), written too when `push`.
 
@@ -303,15 +303,15 @@ def cache_options(builder: Builder, target: Target, ref: str | None, push: bool,
     if ref is None:
         return args
     if default_builder and not builder.exports_cache:
-        if target.base.debootstrap:
-            print(f"==> {target.slug}: its base is bootstrapped into the engine, which a docker-container builder "
+        if target.needs_local_images:
+            print(f"==> {target.slug}: its base or parent is an image of the engine, which a docker-container builder "
                   "cannot see; building without the registry cache", file=sys.stderr)  # fmt: skip
             return args
         builder = Builder(CACHE_BUILDER, "docker-container")
         args = list(builder.argv)
     cache = f"type=registry,ref={ref}:{target.slug}"
     args += ["--cache-from", cache]
-    if target.cross_compiles:
+    if isinstance(target, Target) and target.cross_compiles:
         args += ["--cache-from", f"type=registry,ref={ref}:{target.native().slug}"]
     if push and builder.exports_cache:
         args += ["--cache-to", f"{cache},mode=max"]
@@ -321,16 +321,16 @@ def cache_options(builder: Builder, target: Target, ref: str | None, push: bool,
     return args
 
 
-def check_builder(builder: Builder, target: Target) -> None:
+def check_builder(builder: Builder, target: AnyTarget) -> None:
     """Refuse, before anything is built, what the builder cannot build."""
-    if target.base.debootstrap and not builder.sees_local_images:
+    if target.needs_local_images and not builder.sees_local_images:
         raise EngineError(
-            f"{target.slug}: its base is bootstrapped into the local engine, which builder {builder.name} "
-            f"({builder.driver} driver) cannot see; use a docker-driver builder for Debian-based images"
+            f"{target.slug}: its base (bootstrapped) or parent is an image of the local engine, which builder {builder.name} "
+            f"({builder.driver} driver) cannot see; use a docker-driver builder for Debian-based and derived images"
         )
 
 
-def _registry_cache(target: Target, builder_name_: str | None) -> tuple[list[str], list[str]]:
+def _registry_cache(target: AnyTarget, builder_name_: str | None) -> tuple[list[str], list[str]]:
     """The docker CLI's and buildx's options of one build: the builder and the cache (see
     cache_options)."""
     ref, push = build_cache_settings()
@@ -349,15 +349,18 @@ def _registry_cache(target: Target, builder_name_: str | None) -> tuple[list[str
 
 @_docker_api
 def build(
-    target: Target, context: Path, log_dir: Path, no_cache: bool = False, stop: threading.Event | None = None,
+    target: AnyTarget, context: Path, log_dir: Path, no_cache: bool = False, stop: threading.Event | None = None,
     builder: str | None = None,
 ) -> BuildResult:
     """Build a prepared context with buildx for the target's platform and tag it (the caller
     has run check_prerequisites). Setting `stop` ends buildx within seconds (EngineError).
     `builder`: a buildx builder's name (default: the engine's own); its result is loaded into
     the local engine, where the tests and publish find it."""
-    for arch in target.bootstrap_arches:
-        ensure_bootstrap_base(target.spec, target.base_name, arch)
+    if isinstance(target, DerivedTarget):
+        tag_parent(target)
+    else:
+        for arch in target.bootstrap_arches:
+            ensure_bootstrap_base(target.spec, target.base_name, arch)
     log = log_dir / f"{target.slug}.log"
     suffix = target.tag_suffix
     build_ref = f"{target.repository}:build{suffix}"
@@ -382,7 +385,7 @@ def build(
     return BuildResult(image.id, tags, seconds, log, target)
 
 
-def _run_build(cmd: list[str], target: Target, log: Path, started: float, stop: threading.Event | None) -> int:
+def _run_build(cmd: list[str], target: AnyTarget, log: Path, started: float, stop: threading.Event | None) -> int:
     """Run buildx, its output condensed on the terminal and kept whole in `log`: its exit status.
     buildx runs in a session of its own (it is a child of the docker CLI): a stop, the time
     limit, Ctrl-C or a SIGTERM of this process end the whole group (_stop_build)."""
@@ -481,7 +484,7 @@ def qemu_version(arch: str) -> str:
     return str(out).splitlines()[0].strip()
 
 
-def _apply_tags(image, target: Target, suffix: str) -> list[str]:
+def _apply_tags(image, target: AnyTarget, suffix: str) -> list[str]:
     repo = target.repository
     existing = [t for t in image.tags if re.fullmatch(rf"{re.escape(repo)}:[0-9]{{4}}\.[0-9]{{2}}\.[0-9]{{2}}-[0-9]+{re.escape(suffix)}", t)]
     dated = existing[0].split(":", 1)[1] if existing else next_tag(repo) + suffix
@@ -535,6 +538,47 @@ class _Progress:
         if now - self.last_beat > 60 and self.running:
             self.last_beat = now
             self._say("running: " + ", ".join(sorted(self.names[s] for s in self.running)))
+
+
+# --- parents of derived images ---------------------------------------------------------------
+
+
+@_docker_api
+def ensure_parent(ref: str, arch: str) -> str:
+    """The image ID of a derived image's parent: a local image as it is, an image pinned by
+    digest pulled first (for the arch's platform) when the engine does not have it yet."""
+    if not local_image_exists(ref):
+        if "@sha256:" not in ref:
+            raise EngineError(f"parent {ref} is not an image of this engine; build it first (`invoke build`), or name one pinned by digest")
+        print(f"==> pulling parent {ref} ({ARCHES[arch].platform})", file=sys.stderr)
+        _tool(["docker", "pull", "--platform", ARCHES[arch].platform, "--", ref], f"docker pull {ref}", tool_timeout(PUSH_TIMEOUT))
+    return image_id(ref)
+
+
+def probe_parent(ref: str, arch: str, probe: str) -> str:
+    """Run the parent's probe (parent.PROBE) by /bin/sh in a throw-away container of it."""
+    return run_in_image(ref, arch, ["/bin/sh", "-c", probe])
+
+
+@_docker_api
+def tag_parent(target: DerivedTarget) -> None:
+    """Give the parent, found by the image ID the lock pins, the local name its Dockerfile reads
+    it by; a parent rebuilt or removed since it was resolved is an error, never another image."""
+    try:
+        image = client().images.get(target.parent.image_id)
+    except docker.errors.ImageNotFound:
+        raise EngineError(
+            f"{target.slug}: its parent {target.parent.ref} ({target.parent.image_id}) is no longer an image of this "
+            "engine; resolve again (`invoke resolve`) to derive from the parent as it is now"
+        ) from None
+    name, _, tag = target.parent_tag.rpartition(":")
+    # One name per derived image×arch: an earlier parent's is dropped (only the name: the image
+    # stays while anything else names or uses it), so no parent is kept alive by it alone.
+    for other in client().images.list(name=name):
+        for old in other.tags:
+            if old.startswith(f"{name}:") and old != target.parent_tag:
+                client().images.remove(old, noprune=True)
+    image.tag(name, tag)
 
 
 # --- containers, for the tests ------------------------------------------------------------------
@@ -875,7 +919,7 @@ GZIP_LEVEL = 6  # docker push's own level: users pull what is pushed many times 
 COPY_CHUNK = 1 << 20  # bytes of a layer read at a time
 MAX_LINK_HOPS = 8  # links followed from one name of docker save's archive
 # The push's scratch space: the saved image and its compressed layers, as large as the image.
-PUSH_WORK = REPO_ROOT / "build" / "push-work"
+PUSH_WORK = WORK_DIR / "push-work"
 
 
 def _saved_member(members: dict[str, tarfile.TarInfo], name: str, image_id: str) -> tarfile.TarInfo:

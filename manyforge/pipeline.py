@@ -21,9 +21,16 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from manyforge import configure_answers, engine, policy
+from manyforge import configure_answers, contract, engine, parent, policy, publish
 from manyforge.arches import ARCHES
-from manyforge.render import Target, packages_checks, render_dockerfile, resolve_target, write_context, write_packages_check
+from manyforge.render import (
+    packages_checks,
+    render_dockerfile,
+    write_context,
+    write_derived_context,
+    write_derived_packages_check,
+    write_packages_check,
+)
 from manyforge.sources import (
     Address,
     Pin,
@@ -39,9 +46,10 @@ from manyforge.sources import (
     library_pins,
     static_clang_sums_pin,
 )
-from manyforge.spec import REPO_ROOT, Spec, SpecError, Suite, strict_json
+from manyforge.spec import REPO_ROOT, WORK_DIR, Spec, SpecError, Suite, strict_json
+from manyforge.target import DerivedTarget, Target, derived_target_of, resolve_target
 
-BUILD_DIR = REPO_ROOT / "build"
+BUILD_DIR = WORK_DIR
 ORIGINS = ("auto", "upstream", "debian")
 # Interpreters an image is never built without, whatever a site's origins serve: cibuildwheel's
 # helper (it runs /opt/python/cp39-cp39 whatever it builds). The tools interpreter neither.
@@ -324,6 +332,16 @@ def spec_json(path: Path) -> dict[str, str]:
     return data
 
 
+def _ask_repositories(context: Path, platform: str, what: str) -> set[str]:
+    """Run a packages-check build; the packages it reports missing (exit 1 when it could not ask)."""
+    rc, output = engine.probe_build(context, platform)
+    found = {m.group(1) for m in re.finditer(r"manyforge-missing: ([A-Za-z0-9][A-Za-z0-9._+:-]*)$", output, re.M)}
+    if rc != 0 and not found:
+        tail = "\n".join(output.splitlines()[-20:])
+        raise engine.EngineError(f"packages check of {what} failed before it could ask (exit {rc}):\n{tail}")
+    return found
+
+
 def packages_check(target: Target) -> list[tuple[str, str]]:
     """The declared packages the base's repositories (set up as the image sets them up) lack,
     as (repositories, package): the image's own, and for a cross-compiled image those of its
@@ -337,11 +355,7 @@ def packages_check(target: Target) -> list[tuple[str, str]]:
         stage = f" ({where.platform}, for the cross stage)" if cross else ""
         context = write_packages_check(where, BUILD_DIR / "packages-check" / f"{target.slug}{'-cross' if cross else ''}", packages, setup)
         log(f"asking the repositories of {where.base_name}{stage or f' ({where.platform})'} for {len(packages)} packages")
-        rc, output = engine.probe_build(context, where.platform)
-        found = {m.group(1) for m in re.finditer(r"manyforge-missing: ([A-Za-z0-9][A-Za-z0-9._+:-]*)$", output, re.M)}
-        if rc != 0 and not found:
-            tail = "\n".join(output.splitlines()[-20:])
-            raise engine.EngineError(f"packages check of {target.slug}{stage} failed before it could ask (exit {rc}):\n{tail}")
+        found = _ask_repositories(context, where.platform, f"{target.slug}{stage}")
         missing |= {(f"{where.base_name}{stage}", name) for name in found}
     return sorted(missing)
 
@@ -462,3 +476,123 @@ def policy_check(spec: Spec, target: Target, ref: str | None = None) -> tuple[li
     report = [f"{ref}: {dump['libc']['name']} {dump['libc']['version']}, policy {target.image.policy}"]
     more, problems = policy.check_image(target.image.policy, target.arch, dump, probes["probes"], policies)
     return report + more, problems
+
+
+# --- derived images ------------------------------------------------------------------------------
+
+
+def derived_lock_file(spec: Spec) -> Path:
+    """The lock of the derived images: beside the file that declares them."""
+    return parent.lock_path_of(spec.source_file)
+
+
+def derived_archs(spec: Spec, name: str) -> tuple[str, ...]:
+    if name not in spec.derived:
+        raise SpecError([f"unknown derived image {name!r}; declared: {', '.join(spec.derived) or 'none'}"])
+    d = spec.derived[name]
+    return d.archs or spec.image(d.parent).archs
+
+
+def parent_ref(spec: Spec, name: str, arch: str) -> str:
+    """What a derived image's parent is read from: an image of the matrix by its local name
+    (built and tested here first), or the reference pinned by digest."""
+    d = spec.derived[name]
+    if d.external:
+        return d.parent
+    return resolve_target(spec, d.parent, arch).latest_ref
+
+
+def resolve_derived(spec: Spec, name: str, arch: str | None = None) -> list[parent.ParentFacts]:
+    """Read each parent (its AUDITWHEEL_* environment, os-release, /opt/python) from the image
+    itself, by its image ID, and pin the result in the lock beside the spec: rendering reads only
+    the spec and the lock. An external parent pinned by digest is pulled first."""
+    archs = derived_archs(spec, name)
+    if arch is not None and arch not in archs:
+        raise SpecError([f"unknown arch {arch!r} for derived image {name}; choose one of: {', '.join(archs)}"])
+    lock_file = derived_lock_file(spec)
+    lock = parent.load_lock(lock_file)
+    found = []
+    for a in [arch] if arch else archs:
+        ref = parent_ref(spec, name, a)
+        image_id = engine.ensure_parent(ref, a)
+        output = engine.probe_parent(ref, a, parent.PROBE)
+        facts = parent.facts_from_probe(ref, image_id, a, output)
+        per_arch = dict(lock.images.get(name, {}))
+        per_arch[a] = facts  # type: ignore[index]  # an arch of the derived image: validated above
+        images = {**lock.images, name: per_arch}
+        lock = lock.model_copy(update={"images": images})
+        log(f"{name}_{a}: parent {ref} is {image_id[:19]}, {facts.policy} on {facts.os_id} {facts.os_version} ({facts.family}), "
+            f"{len(facts.interpreters)} interpreters{', with its SBOM' if facts.sbom else ''}")  # fmt: skip
+        found.append(facts)
+    parent.write_lock(lock_file, lock)
+    log(f"pinned in {lock_file}")
+    return found
+
+
+def derived_target(spec: Spec, name: str, arch: str, build_host: str | None = None, matrix_parent: Target | None = None) -> DerivedTarget:
+    """A derived image×arch with its parent as the lock pins it (and, where given, its parent of
+    the matrix as this site built it)."""
+    lock_file = derived_lock_file(spec)
+    return derived_target_of(spec, parent.load_lock(lock_file), str(lock_file), name, arch, build_host, matrix_parent)
+
+
+def build_derived(spec: Spec, cache: SourceCache, target: DerivedTarget, origin: str = "auto", stop: threading.Event | None = None,
+                  builder: str | None = None) -> engine.BuildResult:  # fmt: skip
+    """sources → context → buildx FROM the parent's image ID → the project's own checks."""
+    engine.build_cache_settings()
+    engine.builder_name(builder)
+    engine.check_prerequisites(target.arch, needs_debootstrap=False, host=target.build_host, local_builder=builder is None)
+    with cache.filling():
+        for pin in target.source_pins():
+            if not cache.valid(pin):
+                fetch_pin(cache, pin, origin, say=log)
+    context = write_derived_context(target, cache, BUILD_DIR / "contexts" / target.slug)
+    result = engine.build(target, context, BUILD_DIR / "logs", stop=stop, builder=builder)
+    log(f"built {target.slug} in {result.seconds:.0f}s: {', '.join(result.tags)}")
+    failed = run_checks(target, result.tags[0])
+    if failed:
+        raise engine.EngineError(f"{target.slug}: {len(failed)} of its checks failed:\n" + "\n".join(failed))
+    return result
+
+
+def run_checks(target: DerivedTarget, ref: str) -> list[str]:
+    """Run the derived image's own checks (bash -c, one container each); what failed, with its output."""
+    failed = []
+    for command in target.derived.checks:
+        run = engine.run_container(ref, target.arch, ["bash", "-c", command])
+        status = "ok" if run.returncode == 0 else f"FAILED (exit {run.returncode})"
+        log(f"check {command!r}: {status}")
+        if run.returncode != 0:
+            failed.append(f"{command!r} (exit {run.returncode}): {(run.stdout + run.stderr)[-1500:]}")
+    return failed
+
+
+def record_derived(target: DerivedTarget) -> tuple[list[str], publish.TestRecord]:
+    """The image contract and the image's own checks on its latest build, bound to its image ID
+    in a test record (what `publish` requires): every part ran, and it is publishable only when
+    each passed. Returns what failed and the record written."""
+    ref = target.latest_ref
+    image_id = engine.image_id(ref)
+    _, findings = contract.check_image(ref, target.arch)
+    failed = [f"contract: {f.check} ({f.detail})" for f in findings if not f.ok] + run_checks(target, ref)
+    collected = len(findings) + len(target.derived.checks)
+    record = publish.TestRecord(
+        image_id=image_id, slug=target.slug, ref=ref, spec_revision=publish.spec_revision(target.spec),
+        collected=collected, passed=collected - len(failed), failed=len(failed), skipped=0, complete=True,
+    )  # fmt: skip
+    publish.write_test_record(record)
+    log(f"{target.slug}: {record.verdict()}; test record of {image_id[:19]} written")
+    return failed, record
+
+
+def packages_check_derived(target: DerivedTarget) -> list[tuple[str, str]]:
+    """The derived image's packages its parent's repositories do not offer (vendor repositories
+    are not set up for the question: their packages are checked by the build itself)."""
+    engine.check_prerequisites(target.arch, needs_debootstrap=False, host=target.build_host)
+    engine.tag_parent(target)
+    if not target.derived.packages:
+        return []
+    context = write_derived_packages_check(target, BUILD_DIR / "packages-check" / target.slug)
+    log(f"asking the repositories of {target.parent.ref} ({target.platform}) for {len(target.derived.packages)} packages")
+    found = _ask_repositories(context, target.platform, target.slug)
+    return sorted((target.parent.ref, name) for name in found)

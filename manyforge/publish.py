@@ -44,12 +44,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from manyforge import engine
+from manyforge import engine, parent
 from manyforge.quoting import REF_COMPONENT, REGISTRY_HOST
-from manyforge.render import Target, resolve_target
-from manyforge.spec import REPO_ROOT, Spec, strict_json
+from manyforge.spec import WORK_DIR, Spec, strict_json
+from manyforge.target import AnyTarget, derived_target_of, resolve_target
 
-BUILD_DIR = REPO_ROOT / "build"
+BUILD_DIR = WORK_DIR
 RECORD_DIR = BUILD_DIR / "test-records"
 RELEASE_DIR = BUILD_DIR / "releases"
 SBOM_PATH = "/opt/_internal/sbom.cdx.json"
@@ -277,8 +277,41 @@ def check_release_tag(tag: str, option: str = "--tag") -> str:
     return tag
 
 
+@dataclass(frozen=True)
+class ReleaseImage:
+    """What a release needs to know of an image of the matrix or a derived one: its arches,
+    policy, libc and interpreters (a derived image's, as its lock pins its parent)."""
+
+    archs: tuple[str, ...]
+    policy: str
+    libc: tuple[str, str]
+    interpreters: tuple[str, ...]
+    derived: bool = False
+
+
+def release_image(spec: Spec, image_name: str) -> ReleaseImage:
+    if image_name in spec.derived:
+        d = spec.derived[image_name]
+        archs = d.archs or spec.image(d.parent).archs
+        lock = parent.load_lock(parent.lock_path_of(spec.source_file))
+        facts = [parent.facts_for(lock, image_name, a, str(parent.lock_path_of(spec.source_file))) for a in archs]
+        policy = facts[0].pep600_policy
+        kind, _, number = policy.partition("_")
+        libc = ("glibc" if kind == "manylinux" else "musl", number.replace("_", "."))
+        return ReleaseImage(tuple(archs), policy, libc, facts[0].interpreters, derived=True)
+    image = spec.image(image_name)
+    return ReleaseImage(tuple(image.archs), image.policy, (image.libc.name, image.libc.version), tuple(image.interpreters))
+
+
+def release_target(spec: Spec, image_name: str, arch: str) -> AnyTarget:
+    if image_name in spec.derived:
+        lock_file = parent.lock_path_of(spec.source_file)
+        return derived_target_of(spec, parent.load_lock(lock_file), str(lock_file), image_name, arch, "x86_64")
+    return resolve_target(spec, image_name, arch)
+
+
 def check_arches(spec: Spec, image_name: str, arches: list[str]) -> list[str]:
-    declared = spec.image(image_name).archs
+    declared = release_image(spec, image_name).archs
     unknown = [a for a in arches if a not in declared]
     if unknown:
         raise PublishError(f"--arch {', '.join(repr(a[:30]) for a in unknown)}: {image_name} declares {', '.join(declared)}")
@@ -344,7 +377,7 @@ def choose_tag(dest: Destination, repos: dict[str, str], image_ids: dict[str, st
 def next_tag(spec: Spec, image_name: str, registry: str, today: dt.date | None = None) -> str:
     """The next free release tag of an image, for parallel jobs that publish one arch each."""
     dest = Destination.parse(registry)
-    image = spec.image(image_name)
+    image = release_image(spec, image_name)
     repos = [dest.repository(f"{image_name}_{a}") for a in image.archs] + [dest.repository(image_name)]
     day = _day(today)
     numbers = {n for repo in repos for t in engine.registry_tags(repo, dest.plain_http) if (n := _dated(t, day)) is not None}
@@ -471,13 +504,13 @@ def _sign_once(pinned: str, key: Path, public_key: Path, predicate: dict, predic
 
 def _catalog_entry(spec: Spec, image_name: str, dest: Destination, arch: str, tag: str, sbom: Sbom) -> dict[str, Any]:
     """An arch's line of the catalog; its digest is filled in once it is pushed."""
-    image = spec.image(image_name)
+    image = release_image(spec, image_name)
     components = sbom.components
     return {
         "repository": dest.repository(f"{image_name}_{arch}"),
         "digest": None,
         "tags": [tag],
-        "libc": {"name": image.libc.name, "version": image.libc.version},
+        "libc": {"name": image.libc[0], "version": image.libc[1]},
         "gcc": next((c.version for c in components if c.bom_ref == "toolchain"), None),
         "interpreters": {c.props["manyforge:interpreter"]: c.version for c in components if c.name == "cpython"},
         "tools": {c.name: c.version for c in components if c.props.get("manyforge:installed-in") == "tools"},
@@ -511,13 +544,13 @@ def publish(
     and the index says which in its annotations (io.manyforge.cpython-omitted).
     """
     dest = Destination.parse(registry)
-    image = spec.image(image_name)
+    image = release_image(spec, image_name)
     if tag is not None:
         check_release_tag(tag)
     if index_only and tag is None:
         raise PublishError("--index-only needs --tag: the release whose arches to gather")
     chosen = [] if index_only else check_arches(spec, image_name, arches or list(image.archs))
-    targets = {arch: resolve_target(spec, image_name, arch) for arch in chosen}
+    targets = {arch: release_target(spec, image_name, arch) for arch in chosen}
     if not key.is_file():
         raise PublishError(f"--key {key}: no such signing key (cosign generate-key-pair makes one)")
     # Before anything is pushed: the key signs (a wrong password or a file that is no key stops here).
@@ -535,13 +568,13 @@ class _Release:
         self.spec, self.image_name, self.dest, self.key, self.public_key, self.subset, self.log = (
             spec, image_name, dest, key, public_key, subset, log)  # fmt: skip
         self.allow_omitted = allow_omitted
-        self.declared = list(spec.image(image_name).archs)
+        self.declared = list(release_image(spec, image_name).archs)
         self.index_repo = dest.repository(image_name)
 
     def repo(self, arch: str) -> str:
         return self.dest.repository(f"{self.image_name}_{arch}")
 
-    def publish(self, targets: dict[str, Target], tag: str | None, index_only: bool, day: dt.date) -> dict[str, Any]:
+    def publish(self, targets: dict[str, AnyTarget], tag: str | None, index_only: bool, day: dt.date) -> dict[str, Any]:
         spec, dest, log = self.spec, self.dest, self.log
         chosen = list(targets)
         # Every image is built here and passed its tests, by a record that names it; its SBOM is
@@ -576,7 +609,7 @@ class _Release:
                 raise PublishError(f"--tag {tag}: {'; '.join(taken)}; {NEVER_MOVES}")
         log(f"release {self.image_name}:{tag} to {dest.host}/{dest.namespace} ({', '.join(chosen) or 'index only'})")
         catalog: dict[str, Any] = {
-            "image": self.image_name, "policy": spec.image(self.image_name).policy, "release": tag,
+            "image": self.image_name, "policy": release_image(spec, self.image_name).policy, "release": tag,
             "registry": f"{dest.host}/{dest.namespace}", "spec_revision": spec_revision(spec),
             "arches": {a: _catalog_entry(spec, self.image_name, dest, a, tag, sboms[a][1]) for a in chosen},
         }  # fmt: skip
@@ -659,7 +692,7 @@ class _Release:
 
     def _omitted(self, catalog: dict[str, Any]) -> dict[str, list[str]]:
         """Per arch of the release, the declared interpreters its image does not carry (its SBOM)."""
-        declared = self.spec.image(self.image_name).interpreters
+        declared = release_image(self.spec, self.image_name).interpreters
         out = {}
         for arch, entry in catalog["arches"].items():
             lacking = [t for t in declared if t not in entry["interpreters"]]
@@ -789,7 +822,7 @@ def diff_sboms(old: dict | Sbom, new: dict | Sbom) -> dict[str, dict[str, list]]
 def changelog(spec: Spec, registry: str, image_name: str, arches: list[str], old: str, new: str, public_key: Path) -> dict[str, Any]:
     """What changed between two releases, per arch, from their signed SBOM attestations."""
     dest = Destination.parse(registry)
-    spec.image(image_name)
+    release_image(spec, image_name)
     check_release_tag(old, "--from-tag")
     check_release_tag(new, "--to-tag")
     check_arches(spec, image_name, arches)

@@ -219,6 +219,12 @@ class _Environment(SandboxedEnvironment):
     def wrap_str_format(self, value: Any) -> None:
         return None
 
+    def join_path(self, template: str, parent: str) -> str:
+        """A template name built with `~` is Quoted; Jinja writes the name into the imported
+        template's code by repr(), which must be a plain string's (`Quoted('...')` is no name
+        there: an import compiled first from a template failed with a NameError)."""
+        return str.__str__(template)
+
 
 def template_environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
     """The environment every Dockerfile is rendered with (see the module's docstring)."""

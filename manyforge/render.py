@@ -11,297 +11,18 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
 
 from manyforge import configure_answers
-from manyforge.arches import ARCHES, BUILD_HOSTS, LLD_LINKS_SINCE, configure_build, host_arch, python_multiarch, runs_natively
+from manyforge.arches import ARCHES, LLD_LINKS_SINCE, configure_build, python_multiarch
 from manyforge.quoting import template_environment
-from manyforge.sources import (
-    Pin,
-    SourceCache,
-    cpython_pin,
-    git_lfs_pins,
-    library_pins,
-    source_tool_pins,
-    stage_files,
-    static_clang_pins,
-    wheel_pins,
-)
-from manyforge.spec import REPO_ROOT, SOURCE_TOOL_ORDER, Base, DownloadFile, Image, LockedFile, Spec, SpecError, Toolchain
+from manyforge.sources import SourceCache, stage_files, wheel_pins
+from manyforge.spec import REPO_ROOT, LockedFile, SpecError
+from manyforge.target import DerivedTarget, Target
 
 DOCKER_DIR = REPO_ROOT / "docker"
-
-
-@dataclass(frozen=True)
-class InterpreterBuild:
-    tag: str
-    version: str
-    free_threaded: bool
-    filename: str
-
-    @property
-    def stage(self) -> str:
-        return "cpython_" + self.tag.replace("-", "_")
-
-    @property
-    def prefix(self) -> str:
-        return f"/opt/_internal/cpython-{self.version}{'t' if self.free_threaded else ''}"
-
-    @property
-    def link(self) -> str:
-        return f"/opt/python/{self.tag}"
-
-
-# PEP 599's names of the manylinux policies that have one (PEP 600 keeps them as aliases).
-LEGACY_POLICY_NAMES = {"manylinux_2_5": "manylinux1", "manylinux_2_12": "manylinux2010", "manylinux_2_17": "manylinux2014"}
-
-
-@dataclass(frozen=True)
-class Target:
-    """One buildable thing: an image of the spec, for one architecture, in one variant."""
-
-    spec: Spec
-    image_name: str
-    arch: str
-    base_name: str
-    toolchain_name: str
-    interpreters: tuple[str, ...]
-    # Interpreters built from a declared fallback because no origin of this site serves their
-    # pinned release: (tag, version) pairs, set by the fetch stage.
-    fallbacks: tuple[tuple[str, str], ...] = ()
-    # The arch of the machine (or builder node) that runs the build: what it runs natively is
-    # built natively, everything else cross-compiled or emulated (see cross_compiles).
-    build_host: str = "x86_64"
-    # Declared interpreters left out because no origin of this site serves their release nor a
-    # fallback: (tag, why) pairs, set by the fetch stage, announced like fallbacks.
-    omitted: tuple[tuple[str, str], ...] = ()
-
-    def without(self, omitted: dict[str, str]) -> Target:
-        """This target leaving out the given interpreters (tag -> why), which no origin serves."""
-        return replace(
-            self, interpreters=tuple(t for t in self.interpreters if t not in omitted), omitted=self.omitted + tuple(omitted.items())
-        )
-
-    def with_cpython(self, used: dict[str, str]) -> Target:
-        """This target building the given CPython release per interpreter tag."""
-        pinned = {t: self.spec.data.interpreters[t].cpython for t in self.interpreters}
-        return replace(self, fallbacks=tuple((t, v) for t, v in used.items() if v != pinned[t]))
-
-    def cpython_version(self, tag: str) -> str:
-        return dict(self.fallbacks).get(tag) or self.spec.data.interpreters[tag].cpython
-
-    @property
-    def substitutions(self) -> list[tuple[str, str, str]]:
-        """(tag, pinned release, release built instead) for each fallback in use."""
-        return [(t, self.spec.data.interpreters[t].cpython, v) for t, v in self.fallbacks]
-
-    @property
-    def image(self) -> Image:
-        return self.spec.images[self.image_name]
-
-    @property
-    def auditwheel_policy(self) -> str:
-        """AUDITWHEEL_POLICY as pypa's images spell it: the PEP 599 name where the policy has one
-        (manylinux2014 is manylinux_2_17; auditwheel knows both), else the PEP 600/656 one."""
-        return LEGACY_POLICY_NAMES.get(self.image.policy, self.image.policy)
-
-    @property
-    def base(self) -> Base:
-        return self.spec.data.bases[self.base_name]
-
-    @property
-    def toolchain(self) -> Toolchain:
-        return self.spec.data.toolchains[self.toolchain_name]
-
-    @property
-    def platform(self) -> str:
-        return ARCHES[self.arch].platform
-
-    @property
-    def repository(self) -> str:
-        """Image name without tag: <org>/<image>_<arch> (the image's name in images.yaml)."""
-        return f"{self.spec.data.org}/{self.image_name}_{self.arch}"
-
-    @property
-    def variant_suffix(self) -> str:
-        parts = []
-        if self.base_name != self.image.base:
-            parts.append(self.base_name)
-        if self.toolchain_name != self.image.toolchain:
-            parts.append(self.toolchain_name)
-        left_out = dict(self.omitted)  # what the site cannot build is announced, not a subset of the user's
-        if self.interpreters != tuple(t for t in self.image.interpreters if t not in left_out):
-            parts.append("partial")
-        return "-".join(parts)
-
-    @property
-    def tag_suffix(self) -> str:
-        return f"-{self.variant_suffix}" if self.variant_suffix else ""
-
-    @property
-    def slug(self) -> str:
-        return f"{self.image_name}_{self.arch}{self.tag_suffix}"
-
-    @property
-    def latest_ref(self) -> str:
-        return f"{self.repository}:latest{self.tag_suffix}"
-
-    def base_ref(self, arch: str | None = None) -> str:
-        if self.base.image:
-            return self.base.image
-        return bootstrap_base_ref(self.spec, self.base_name, arch or self.arch)
-
-    @property
-    def cross_compiles(self) -> bool:
-        """Targets the build host cannot run itself build CPython and its libraries in stages
-        that run on the build host's CPU, next to the same image's own build for the build host
-        (see Dockerfile.j2); the rest of them runs under QEMU. Where the image or its base has no
-        build for the build host's arch, or the base cannot be cross-built for it, all of it does."""
-        return (
-            not runs_natively(self.arch, self.build_host) and self.arch not in self.base.emulated
-            and self.build_host in self.image.archs and self.build_host in self.base.archs
-        )  # fmt: skip
-
-    @property
-    def emulated(self) -> bool:
-        """Whether anything of this build runs under QEMU on its build host."""
-        return not runs_natively(self.arch, self.build_host)
-
-    def native(self) -> Target:
-        """The same image, variant and interpreters for the build host's architecture."""
-        return replace(self, arch=self.build_host)
-
-    @property
-    def bootstrap_arches(self) -> list[str]:
-        """Debootstrapped bases this build needs: its own, and the host's for the cross stage."""
-        if not self.base.debootstrap:
-            return []
-        return [self.arch] + ([self.build_host] if self.cross_compiles else [])
-
-    def interpreter_builds(self) -> list[InterpreterBuild]:
-        out = []
-        for tag in self.interpreters:
-            version = self.cpython_version(tag)
-            out.append(
-                InterpreterBuild(tag, version, self.spec.data.interpreters[tag].free_threaded, self.spec.data.cpython[version].filename)
-            )
-        return out
-
-    def source_pins(self) -> list[Pin]:
-        versions = sorted({self.cpython_version(t) for t in self.interpreters})
-        return [cpython_pin(self.spec, v) for v in versions] + library_pins(self.spec, self.base.libraries) + self.tool_pins() + self.compiler_pins()
-
-    def tool_pins(self) -> list[Pin]:
-        """The base's from-source tools and, where it takes it from the release, git-lfs for this arch."""
-        lfs = git_lfs_pins(self.spec, [self.arch]) if self.base.git_lfs_release else []
-        return source_tool_pins(self.spec, [t["name"] for t in self.tool_builds()]) + lfs
-
-    def tool_builds(self) -> list[dict[str, str]]:
-        """The base's from-source tools in build order (spec.SOURCE_TOOL_ORDER): name, version, source file."""
-        tools = self.spec.data.source_tools
-        names = [n for n in SOURCE_TOOL_ORDER if n in self.base.source_tools]
-        return [{"name": n, "version": tools[n].version, "filename": tools[n].filename, "sha256": tools[n].sha256} for n in names]  # type: ignore[index]
-
-    def git_lfs_file(self) -> dict[str, str] | None:
-        """git-lfs's release archive for this arch, where the base takes it from the release."""
-        if not self.base.git_lfs_release or self.spec.data.git_lfs is None:
-            return None
-        f = self.spec.data.git_lfs.files[self.arch]  # type: ignore[index]
-        return {"version": self.spec.data.git_lfs.version, "filename": f.filename, "sha256": f.sha256}
-
-    def compiler_pins(self) -> list[Pin]:
-        """The cross stage's static clang for the build host, where this target takes that route."""
-        if not self.cross_compiles or self.base.cross_compiler != "static-clang":
-            return []
-        return static_clang_pins(self.spec, [self.build_host])
-
-    def library_builds(self) -> list[dict[str, str]]:
-        """The from-source libraries of this base: name, version, source file."""
-        libs = self.spec.data.libraries
-        return [{"name": n, "version": libs[n].version, "filename": libs[n].filename, "sha256": libs[n].sha256} for n in self.base.libraries]
-
-    @property
-    def downloadable(self) -> dict[str, DownloadFile]:
-        """Interpreters `manylinux-interpreters ensure` may install on this arch: tag -> file."""
-        entries = self.spec.data.downloadable
-        return {t: entries[t].files[self.arch] for t in self.image.downloadable if self.arch in entries[t].files}
-
-    def catalog(self) -> dict:
-        """What the image's manylinux-interpreters knows beyond /opt/python."""
-        entries = self.spec.data.downloadable
-        return {
-            "downloadable": {
-                tag: {
-                    "implementation": entries[tag].implementation,
-                    "version": entries[tag].version,
-                    "python": entries[tag].python,
-                    "url": f.url,
-                    "sha256": f.sha256,
-                }
-                for tag, f in self.downloadable.items()
-            },
-            "frontend_python": f"/opt/python/{self.image.tools_interpreter}/bin/python",
-            "fallbacks": {tag: {"pinned": pinned, "built": built} for tag, pinned, built in self.substitutions},
-            # What cibuildwheel may ask for that this image does not have, and why.
-            "not_built": {**dict(self.image.not_offered), **dict(self.omitted)},
-            "libraries": {b["name"]: b["version"] for b in self.library_builds()},
-        }
-
-
-def bootstrap_base_ref(spec: Spec, base_name: str, arch: str) -> str:
-    """Local name of a base bootstrapped on this machine (one repository per arch, so that
-    images of different platforms never share a name in the engine's store; shared by every
-    matrix on the machine, whatever its org)."""
-    return f"manyforge/base-{base_name}-{arch}:{spec.data.bases[base_name].debootstrap}"
-
-
-def resolve_target(
-    spec: Spec,
-    image_name: str,
-    arch: str,
-    base: str | None = None,
-    toolchain: str | None = None,
-    interpreters: list[str] | None = None,
-    build_host: str | None = None,
-) -> Target:
-    """Check command-line choices against the spec; errors list what is allowed. `build_host`
-    is the arch of the machine that builds (default: this one)."""
-    image = spec.image(image_name)
-    problems = []
-    if arch not in image.archs:
-        problems.append(f"unknown arch {arch!r} for image {image_name}; choose one of: {', '.join(image.archs)}")
-    bases = (image.base, *image.base_variants)
-    if base is not None and base not in bases:
-        problems.append(f"unknown base {base!r} for image {image_name}; choose one of: {', '.join(bases)}")
-    toolchains = (image.toolchain, *image.toolchain_variants)
-    if toolchain is not None and toolchain not in toolchains:
-        problems.append(f"unknown toolchain {toolchain!r} for image {image_name}; choose one of: {', '.join(toolchains)}")
-    chosen = image.interpreters
-    if interpreters:
-        unknown = [t for t in interpreters if t not in image.interpreters]
-        if unknown:
-            problems.append(
-                f"unknown interpreter(s) {', '.join(unknown)} for image {image_name}; "
-                f"choose from: {', '.join(image.interpreters)}"
-            )
-        wanted = set(interpreters) | {image.tools_interpreter}
-        chosen = tuple(t for t in image.interpreters if t in wanted)
-    if build_host is None:
-        try:
-            build_host = host_arch()
-        except ValueError as exc:
-            problems.append(str(exc))
-    elif build_host not in BUILD_HOSTS:
-        problems.append(f"unknown build host {build_host[:40]!r}; choose one of: {', '.join(BUILD_HOSTS)}")
-    if problems:
-        raise SpecError(problems)
-    base_name = base or image.base
-    if arch not in spec.data.bases[base_name].archs:
-        raise SpecError([f"base {base_name} has no {arch}; it has: {', '.join(spec.data.bases[base_name].archs)}"])
-    return Target(spec, image_name, arch, base_name, toolchain or image.toolchain, chosen, build_host=build_host or "x86_64")
 
 
 @functools.cache
@@ -661,4 +382,158 @@ def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
         (dest / "configure-answers").mkdir()
         for stage, values in answers.items():
             (dest / "configure-answers" / f"{stage}.json").write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
+    return dest
+
+
+# --- derived images ------------------------------------------------------------------------------
+
+# Where a vendor repository's files go, per family: (definition suffixes, its directory; key
+# suffixes, its directory). apk's definition is a line appended to /etc/apk/repositories.
+_VENDOR_FILES = {
+    "apt": ((".list", ".sources"), "/etc/apt/sources.list.d", (".asc", ".gpg"), "/etc/apt/keyrings"),
+    "dnf": ((".repo",), "/etc/yum.repos.d", (".asc", ".gpg", ".key"), "/etc/pki/rpm-gpg"),
+    "yum": ((".repo",), "/etc/yum.repos.d", (".asc", ".gpg", ".key"), "/etc/pki/rpm-gpg"),
+    "apk": ((".repositories", ".list"), "/etc/apk", (".rsa.pub",), "/etc/apk/keys"),
+}
+
+
+def _vendor_repositories(target: DerivedTarget) -> list[dict[str, str]]:
+    """Each vendor repository's files and where the family reads them (the definition names the
+    key by that path: /etc/apt/keyrings/<name>.asc, /etc/pki/rpm-gpg/<name>.asc, ...)."""
+    family = target.parent.family
+    def_suffixes, def_dir, key_suffixes, key_dir = _VENDOR_FILES[family]
+    out, problems = [], []
+    for name, repo in target.derived.repositories.items():
+        d_ext = next((s for s in def_suffixes if repo.definition.filename.endswith(s)), None)
+        k_ext = next((s for s in key_suffixes if repo.key.filename.endswith(s)), None)
+        where = f"derived.{target.image_name}.repositories.{name}"
+        if d_ext is None:
+            problems.append(f"{where}.definition: the parent's family ({family}) reads a file ending {' or '.join(def_suffixes)}")
+        if k_ext is None:
+            problems.append(f"{where}.key: the parent's family ({family}) reads a key ending {' or '.join(key_suffixes)}")
+        if d_ext and k_ext:
+            out.append({
+                "name": name, "definition_file": repo.definition.filename, "key_file": repo.key.filename,
+                "definition_dest": f"{def_dir}/{name}{d_ext}" if family != "apk" else f"/tmp/manyforge-{name}{d_ext}",
+                "key_dest": f"{key_dir}/{name}{k_ext}",
+            })  # fmt: skip
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
+def _derived_python(target: DerivedTarget) -> str:
+    """An interpreter of the parent to run the SBOM script with (cibuildwheel's contract:
+    /opt/python holds CPythons)."""
+    for tag in target.parent.interpreters:
+        if re.fullmatch(r"cp3[0-9]+-cp3[0-9]+", tag):
+            return f"/opt/python/{tag}/bin/python"
+    raise SpecError([f"{target.slug}: its parent {target.parent.ref} has no CPython under /opt/python to run the image's steps"])
+
+
+def derived_labels(target: DerivedTarget) -> dict[str, str]:
+    """The OCI base-image annotations (the parent) and the image's own facts, as labels."""
+    checkout = _checkout()
+    parent = target.parent
+    labels = {
+        "org.opencontainers.image.title": target.slug,
+        "org.opencontainers.image.version": f"{target.image_name}-{target.spec.revision[7:19]}",
+        "org.opencontainers.image.revision": checkout["revision"],
+        "org.opencontainers.image.created": checkout["created"],
+        "org.opencontainers.image.base.name": parent.ref,
+        "io.manyforge.parent-image-id": parent.image_id,
+        "io.manyforge.policy": parent.pep600_policy,
+        "io.manyforge.arch": target.arch,
+        "io.manyforge.derived": target.image_name,
+        "io.manyforge.spec-digest": target.spec.revision,
+    }
+    if "@sha256:" in parent.ref:  # a parent pinned by digest: its manifest's digest
+        labels["org.opencontainers.image.base.digest"] = parent.ref.rsplit("@", 1)[1]
+    libs = target.derived.libraries
+    if libs:
+        labels["io.manyforge.libraries"] = ",".join(f"{n}-{lib.version}" for n, lib in libs.items())
+    return labels
+
+
+def derived_context(target: DerivedTarget) -> dict:
+    d = target.derived
+    parent = target.parent
+    return {
+        "name": target.image_name, "arch": target.arch, "family": parent.family,
+        "parent_ref": parent.ref, "parent_id": parent.image_id, "parent_tag": target.parent_tag,
+        "policy": parent.policy, "os": f"{parent.os_id} {parent.os_version}",
+        "spec_file": target.spec.source_file.name,
+        "repositories": _vendor_repositories(target),
+        "packages": list(d.packages),
+        "libraries": [
+            {"name": n, "version": lib.version, "filename": lib.filename, "sha256": lib.sha256, "build": lib.build, "options": list(lib.options)}
+            for n, lib in d.libraries.items()
+        ],
+        "script": d.script.path if d.script else None,
+        "env": dict(d.env),
+        "python": _derived_python(target),
+        "labels": derived_labels(target),
+    }  # fmt: skip
+
+
+def render_derived_dockerfile(target: DerivedTarget) -> str:
+    """The Dockerfile of a derived image×arch: a pure function of the spec and the lock."""
+    return _environment().get_template("derived.Dockerfile.j2").render(d=derived_context(target))
+
+
+def derived_sbom_input(target: DerivedTarget) -> dict:
+    """What the derived image's SBOM records besides what it reads in the image itself."""
+    d = target.derived
+    family = vars(family_layer(target.parent.family))
+    return {
+        "image": {"org": target.org, "name": target.image_name, "arch": target.arch, "policy": target.parent.pep600_policy},
+        "parent": target.parent.model_dump(),
+        "packages": list(d.packages),
+        "repositories": {n: {"definition": r.definition.model_dump(), "key": r.key.model_dump()} for n, r in d.repositories.items()},
+        "libraries": [
+            {"name": n, "version": lib.version, "sha256": lib.sha256, "filename": lib.filename,
+             "url": lib.url, "debian": lib.debian, "build": lib.build}  # fmt: skip
+            for n, lib in d.libraries.items()
+        ],
+        "script": {"path": d.script.path, "installs": [c.model_dump() for c in d.script.installs]} if d.script else None,
+        "package_query": str(family["package_query"]),
+        "purl_type": str(family["purl_type"]),
+    }
+
+
+def write_derived_context(target: DerivedTarget, cache: SourceCache, dest: Path) -> Path:
+    """A complete build context of a derived image: its Dockerfile, the two scripts it runs, its
+    verified sources, and the project's own script (copied from beside the spec file)."""
+    text = render_derived_dockerfile(target)
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "scripts").mkdir(parents=True)
+    (dest / "Dockerfile").write_text(text)
+    for name in ("build-derived-library.sh", "write-derived-sbom.py"):
+        shutil.copy2(DOCKER_DIR / "scripts" / name, dest / "scripts" / name)
+    stage_files(cache, target.source_pins(), dest / "sources")
+    script = target.derived.script
+    if script is not None:
+        root = target.spec.source_file.resolve().parent
+        source = (root / script.path).resolve()
+        if not source.is_relative_to(root) or not source.is_file():
+            raise SpecError([f"derived.{target.image_name}.script.path: {script.path} is not a file of the project ({root})"])
+        (dest / "project" / script.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest / "project" / script.path)
+    (dest / "derived-input.json").write_text(json.dumps(derived_sbom_input(target), indent=1) + "\n")
+    return dest
+
+
+def write_derived_packages_check(target: DerivedTarget, dest: Path) -> Path:
+    """A build context that asks the parent's own repositories (as the parent has them set up)
+    for the derived image's packages, on its platform."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    text = _environment().get_template("packages-check.j2").render(
+        family=target.parent.family, base_ref=target.parent_tag,
+        repositories={"enable": [], "mirror": None, "arch": target.arch, "repo_file": None},
+        packages=list(target.derived.packages), then=None,
+    )  # fmt: skip
+    (dest / "Dockerfile").write_text(text)
     return dest

@@ -34,7 +34,14 @@ from pydantic import (
 from manyforge.arches import ARCHES, Arch
 from manyforge.quoting import REF_COMPONENT, REGISTRY_HOST
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# What the pipeline reads besides the package (images.yaml, docker/, scripts/, policies/,
+# configure-answers/): the checkout the package sits in, or, installed from a wheel, the copy
+# the wheel carries in manyforge/_data (setup.py puts it there).
+_DATA = Path(__file__).resolve().parent / "_data"
+REPO_ROOT = _DATA if (_DATA / "images.yaml").is_file() else Path(__file__).resolve().parent.parent
+# Where builds, logs, test records and releases go: the checkout's build/, or, installed,
+# MANYFORGE_WORK (default ./build of the directory it runs in), never inside site-packages.
+WORK_DIR = REPO_ROOT / "build" if REPO_ROOT is not _DATA else Path(os.environ.get("MANYFORGE_WORK") or "build").resolve()
 DEFAULT_SPEC = REPO_ROOT / "images.yaml"
 DEFAULT_LOCK = REPO_ROOT / "docker" / "wheels.lock.json"
 
@@ -370,6 +377,149 @@ class Image(_Model):
     not_offered: dict[InterpreterTag, Reason] = {}
 
 
+# --- derived images: a parent (an image of the matrix, or one pinned by digest) plus additions ---
+
+# An environment variable's name, and its value: one line of printable ASCII, taken literally
+# (no `$` expansion: the Dockerfile's ENV gets it quoted).
+EnvName = Annotated[str, StringConstraints(strict=True, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+EnvValue = Annotated[str, StringConstraints(strict=True, max_length=1000, pattern=r"^[ -~]*$")]
+# A check: one shell command line the finished image must run with exit status 0 (bash -c).
+CheckCommand = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=1000, pattern=r"^[ -~]+$")]
+# One argument of a library's configure (autotools) or cmake (-D entries): a single argv word.
+AutotoolsOption = Annotated[str, StringConstraints(strict=True, max_length=200, pattern=r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_./:+,@%-]*)?$")]
+CmakeOption = Annotated[
+    str, StringConstraints(strict=True, max_length=200, pattern=r"^-D[A-Za-z_][A-Za-z0-9_]*(:(BOOL|STRING|PATH|FILEPATH))?=[A-Za-z0-9_./:+,@%-]*$")
+]
+# A file of the derived project's own repository, relative to the spec file: no absolute path,
+# no `..`, no dot-file component.
+ProjectPath = Annotated[
+    str, StringConstraints(strict=True, max_length=200, pattern=r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*(/[A-Za-z0-9_+-][A-Za-z0-9_.+-]*)*$")
+]
+# A version as distributions and projects write them (0.2.5, 1.14.5+repack, 12.4.1-1).
+LooseVersion = Annotated[str, StringConstraints(strict=True, max_length=60, pattern=r"^[0-9][A-Za-z0-9.+~-]*$")]
+
+
+def _parent_ref(value: str) -> str:
+    """`from`: the name of an image of the matrix, or an image reference pinned by digest."""
+    from pydantic import TypeAdapter
+
+    if re.fullmatch(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", value) and len(value) <= 60:
+        return value
+    try:
+        return TypeAdapter(PinnedRef).validate_python(value)
+    except ValidationError:
+        raise ValueError(
+            "give an image of the matrix by name (e.g. manylinux_2_36) or an image reference pinned by "
+            f"digest (name[:tag]@sha256:<64 hex>); got {_short(value, 120)}"
+        ) from None
+
+
+ParentRef = Annotated[str, StringConstraints(strict=True, max_length=300), AfterValidator(_parent_ref)]
+
+
+class PinnedFile(_Model):
+    """A file the build downloads, by its sha256 (into the source cache, like every source)."""
+
+    url: HttpsUrl
+    sha256: Sha256
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[1]
+
+
+class VendorRepository(_Model):
+    """A vendor's package repository: its definition (apt .sources/.list, dnf .repo, apk
+    repositories line) and its signing key, both pinned by sha256."""
+
+    definition: PinnedFile
+    key: PinnedFile
+
+
+class DerivedLibrary(_Model):
+    """A library built from a pinned, sha256-verified source tarball with a declared build
+    system, installed (shared) under /usr/local."""
+
+    version: LooseVersion
+    sha256: Sha256
+    url: HttpsUrl | None = None
+    debian: DebianPoolPath | None = None  # a file of Debian's archive, relative to the mirror
+    build: Literal["autotools", "cmake"]
+    options: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _origin_and_options(self) -> DerivedLibrary:
+        if self.url is None and self.debian is None:
+            raise ValueError("give 'url' (upstream) or 'debian' (a pool/main/... path), or both")
+        from pydantic import TypeAdapter
+
+        kind = AutotoolsOption if self.build == "autotools" else CmakeOption
+        form = "--name[=value]" if self.build == "autotools" else "-DNAME[:TYPE]=value"
+        for i, option in enumerate(self.options):
+            try:
+                TypeAdapter(kind).validate_python(option)
+            except ValidationError:
+                raise ValueError(f"options[{i}]: {_short(option, 80)} is not a {self.build} option ({form}, no spaces or quotes)") from None
+        return self
+
+    @property
+    def filename(self) -> str:
+        return (self.url or self.debian or "").rsplit("/", 1)[1]
+
+
+class Component(_Model):
+    """What a script installs, for the SBOM: a name and a version."""
+
+    name: Name
+    version: LooseVersion
+
+
+class DerivedScript(_Model):
+    """A step the declarative parts cannot express: a script of the project's repository,
+    mounted into the build (never pasted into the Dockerfile), and what it installs."""
+
+    path: ProjectPath
+    installs: tuple[Component, ...] = Field(min_length=1)
+
+
+class Derived(_Model):
+    """An image of its own: a parent plus distribution packages, vendor repositories, libraries
+    built from pinned sources, environment variables, and the project's own checks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    parent: ParentRef = Field(alias="from")
+    # The parent's arches this image is built for (default: every arch of a matrix parent;
+    # required for an external parent, whose arches are read from it when resolved).
+    archs: tuple[Arch, ...] = ()
+    packages: tuple[Name, ...] = ()
+    repositories: dict[VariantName, VendorRepository] = {}
+    libraries: dict[VariantName, DerivedLibrary] = {}
+    env: dict[EnvName, EnvValue] = {}
+    checks: tuple[CheckCommand, ...] = ()
+    script: DerivedScript | None = None
+
+    @model_validator(mode="after")
+    def _env_keeps_the_contract(self) -> Derived:
+        for name in self.env:
+            if name.startswith("AUDITWHEEL_") or name in ("_PYTHON_HOST_PLATFORM", "LD_PRELOAD"):
+                raise ValueError(f"env.{name}: set by the parent image (its contract); a derived image keeps it")
+        return self
+
+    @property
+    def external(self) -> bool:
+        """Whether the parent is an image pinned by digest rather than one of the matrix."""
+        return "@" in self.parent
+
+
+class DerivedFile(_Model):
+    """A downstream project's own short file: its images, each naming its parent; the matrix
+    it derives from is the installed manyforge's images.yaml, never copied."""
+
+    org: RefName | None = None
+    derived: dict[RefName, Derived] = Field(min_length=1)
+
+
 # A runner label as `runs-on` takes it (GitHub's hosted labels, or a self-hosted runner's).
 RunnerLabel = Annotated[str, StringConstraints(strict=True, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
@@ -381,6 +531,29 @@ class Runner(_Model):
     labels: tuple[RunnerLabel, ...] = Field(min_length=1)
     arch: BuildHost
     builds: tuple[Arch, ...] = Field(min_length=1)
+
+
+class ImageDefaults(_Model):
+    """What every image has unless it says otherwise: the per-image lists that would repeat."""
+
+    interpreters: tuple[Name, ...] = Field(default=(), min_length=1)
+    tools_interpreter: Name | None = None
+    tools: tuple[Name, ...] = ()
+    optional_tools: tuple[Name, ...] = ()
+    downloadable: tuple[InterpreterTag, ...] = ()
+    not_offered: dict[InterpreterTag, Reason] = {}
+
+
+# The keys of an image that `defaults` may give.
+INHERITED = tuple(ImageDefaults.model_fields)
+
+
+def _valid_default(key: str, value: Any) -> bool:
+    try:
+        ImageDefaults.model_validate({key: value})
+    except ValidationError:
+        return False
+    return True
 
 
 class SpecFile(_Model):
@@ -398,12 +571,30 @@ class SpecFile(_Model):
     tools: dict[Name, Version]
     bases: dict[VariantName, Base]  # variant names become part of image tags and base image names
     toolchains: dict[VariantName, Toolchain]
+    # Images derived from a parent (an image above, or one pinned by digest), with additions.
+    derived: dict[RefName, Derived] = {}
+    # Inherited by every image that does not give the key itself (its own value replaces the
+    # default whole; lists are not merged).
+    defaults: ImageDefaults | None = None
     images: dict[RefName, Image] = Field(min_length=1)
     # Which runner of the GitHub workflow builds which arch (manyforge/workflow.py).
     runners: dict[VariantName, Runner] = {}
     # Image x arch pairs the pinned cibuildwheel has a default image for (its
     # pinned_docker_images.cfg) that this project does not build, each with its reason.
     unbuilt: dict[RefName, dict[Arch, Reason]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_defaults(cls, data: Any) -> Any:
+        """Each image gets the keys of `defaults` it does not give itself, before it is validated
+        (a default that is itself invalid is reported under `defaults`, and not copied)."""
+        if not isinstance(data, dict) or not isinstance(data.get("defaults"), dict) or not isinstance(data.get("images"), dict):
+            return data
+        defaults = {k: v for k, v in data["defaults"].items() if k in INHERITED and v is not None and _valid_default(k, v)}
+        images = {
+            name: {**defaults, **image} if isinstance(image, dict) else image for name, image in data["images"].items()
+        }
+        return {**data, "images": images}
 
 
 class LockedFile(_Model):
@@ -468,6 +659,9 @@ class Spec:
     wheels: dict[str, tuple[LockedFile, ...]]  # platform tag -> locked files
     frontend: dict[str, tuple[LockedFile, ...]]  # interpreter tag -> its frontend wheels
     lock_path: Path
+    # A downstream project's own file of derived images (DerivedFile) read over `path`, and its org.
+    overlay: Path | None = None
+    derived_org: str | None = None
 
     @property
     def images(self) -> dict[str, Image]:
@@ -488,7 +682,19 @@ class Spec:
         digest = hashlib.sha256(self.path.read_bytes())
         if self.lock_path.exists():
             digest.update(self.lock_path.read_bytes())
+        if self.overlay is not None:
+            digest.update(self.overlay.read_bytes())
         return "sha256:" + digest.hexdigest()
+
+    @property
+    def derived(self) -> dict[str, Derived]:
+        return self.data.derived
+
+    @property
+    def source_file(self) -> Path:
+        """The file the derived images are declared in (the overlay, or the matrix itself):
+        their lock and scripts are beside it."""
+        return self.overlay or self.path
 
     def frontend_pins(self, tag: str) -> tuple[LockedFile, ...]:
         """The frontend wheels (pip, build, ...) locked for one interpreter."""
@@ -875,6 +1081,7 @@ def _cross_check(
         for arch in reasons:
             if name in spec.images and arch in spec.images[name].archs:
                 problems.append(f"{f}: unbuilt.{name}.{arch}: images.{name} builds {arch}; drop the reason or the arch")
+    problems += _derived_problems(f, spec)
     seen_policies: dict[str, str] = {}
     for name, image in spec.images.items():
         if image.policy in seen_policies:
@@ -882,6 +1089,27 @@ def _cross_check(
                 f"{f}: images.{name}.policy: {image.policy} is already produced by image {seen_policies[image.policy]!r}"
             )
         seen_policies[image.policy] = name
+    return problems
+
+
+def _derived_problems(f: str, spec: SpecFile) -> list[str]:
+    """Each derived image names a parent that exists, arches it has, and a name of its own."""
+    problems = []
+    for name, derived in spec.derived.items():
+        at = f"{f}: derived.{name}"
+        if name in spec.images:
+            problems.append(f"{at}: an image of the matrix has this name; a derived image needs its own")
+        if derived.external:
+            if not derived.archs:
+                problems.append(f"{at}.archs: required for a parent pinned by digest (the arches to read from it)")
+            continue
+        parent = spec.images.get(derived.parent)
+        if parent is None:
+            problems.append(f"{at}.from: unknown image {derived.parent!r}; images of the matrix: {', '.join(spec.images)}")
+            continue
+        for i, arch in enumerate(derived.archs):
+            if arch not in parent.archs:
+                problems.append(f"{at}.archs[{i}]: the parent {derived.parent} has no {arch}; it has: {', '.join(parent.archs)}")
     return problems
 
 
@@ -1007,9 +1235,37 @@ def load_spec(path: Path | str = DEFAULT_SPEC, lock_path: Path | str | None = No
         raise SpecError([f"{path.name}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
     if not isinstance(raw, dict):
         raise SpecError([f"{path.name}: the top level must be a mapping with keys: {_allowed_keys(SpecFile)}"])
+    if "derived" in raw and "images" not in raw:  # a downstream file: its images all derived
+        return _load_overlay(path, raw, document, lock_path, check_lock)
     # A lock named explicitly (MANYFORGE_LOCK, an argument) must exist, unless `invoke lock` is writing it.
     explicit = check_lock and (lock_path != DEFAULT_LOCK)
     return spec_from_data(raw, path, load_lock(lock_path, required=explicit), lock_path, check_lock, document)
+
+
+def _load_overlay(path: Path, raw: dict[str, Any], document: yaml.Node | None, lock_path: Path, check_lock: bool) -> Spec:
+    """A downstream file of derived images over the installed matrix (MANYFORGE_BASE_SPEC, else
+    the images.yaml installed with manyforge): the matrix stays as it is, the file adds images."""
+    try:
+        overlay = DerivedFile.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_format_pydantic(path, exc, DerivedFile, document=document)) from None
+    base_path = Path(os.environ.get("MANYFORGE_BASE_SPEC") or DEFAULT_SPEC)
+    if base_path.resolve() == path.resolve():
+        raise SpecError([f"{path.name}: the matrix cannot be its own overlay"])
+    base = load_spec(base_path, lock_path, check_lock)
+    if base.overlay is not None:
+        raise SpecError([f"{base_path.name}: MANYFORGE_BASE_SPEC names an overlay; name the matrix"])
+    data = base.data.model_copy(update={"derived": {**base.data.derived, **overlay.derived}})
+    problems = [
+        p.replace(f"{base_path.name}: derived.", f"{path.name}: derived.")
+        for p in _derived_problems(base_path.name, data)
+        if any(p.startswith(f"{base_path.name}: derived.{name}") for name in overlay.derived)
+    ]
+    problems += [f"{path.name}: derived.{n}: the matrix already derives an image of this name" for n in overlay.derived if n in base.data.derived]
+    if problems:
+        raise SpecError(problems)
+    return Spec(path=base.path, data=data, wheels=base.wheels, frontend=base.frontend, lock_path=base.lock_path, overlay=path,
+                derived_org=overlay.org)
 
 
 def spec_from_data(

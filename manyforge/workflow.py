@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 
 from manyforge.arches import ARCHES, runs_natively
-from manyforge.render import Target, resolve_target
 from manyforge.spec import Runner, Spec, SpecError
+from manyforge.target import Target, resolve_target
 
 JOB_BUDGET_MINUTES = 240  # every job must stay under 4 hours (GitHub stops a job at 6)
 RUNNER_DISK_GB = 14.0  # free disk of a GitHub-hosted Linux runner
@@ -22,7 +22,10 @@ RUNNER_DISK_GB = 14.0  # free disk of a GitHub-hosted Linux runner
 # Measured on two cores here (README, "What builds where"), cold, per image×arch build:
 NATIVE_S_PER_INTERPRETER = 200.0  # manylinux_2_36 x86_64, 4 interpreters: 818 s
 I686_S_PER_INTERPRETER = 326.0  # manylinux_2_36 i686, 2 interpreters: 652 s
-LIBRARIES_S = 192.0  # manylinux_2_31 x86_64, 1 interpreter + OpenSSL, SQLite, zstd: 392 s
+# The from-source libraries build in parallel stages before the interpreters: a base waits for
+# its slowest. OpenSSL: manylinux_2_31 x86_64, 1 interpreter + OpenSSL, SQLite, zstd: 392 s;
+# SQLite and zstd: manylinux_2_36 x86_64's stages of 2026-11-30 (73 s and 44 s; both done at 82 s).
+LIBRARY_S = {"openssl": 192.0, "sqlite": 82.0, "zstd": 44.0}
 CROSS_FIXED_S = 206.0  # manylinux_2_36 s390x, 1 interpreter cross-built, native stages cached: 406 s
 BOOTSTRAP_S = 41.0  # debootstrap of the base, native
 EMULATION_FACTOR = 10.0  # a compile under QEMU against the same compile run natively
@@ -72,7 +75,7 @@ def leg(target: Target) -> str:
 def estimate(target: Target) -> JobEstimate:
     """The expected time and disk of one job, from the measured stage times above."""
     n = len(target.interpreters)
-    libraries = LIBRARIES_S if target.base.libraries else 0.0
+    libraries = max((LIBRARY_S[name] for name in target.base.libraries), default=0.0)
     tools = sum(SOURCE_TOOL_S[t] for t in target.base.source_tools)
     tcltk = sum(SOURCE_TOOL_S[t] for t in target.base.source_tools if t in ("tcl", "tk"))  # also a native stage
     bootstrap = BOOTSTRAP_S if target.base.debootstrap else 0.0
@@ -160,3 +163,10 @@ def estimates(spec: Spec) -> list[tuple[str, str, str, JobEstimate]]:
             target = resolve_target(spec, name, arch, build_host=runner.arch)
             out.append((name, arch, leg(target), estimate(target)))
     return out
+
+
+def estimates_table(spec: Spec) -> str:
+    """Every job's estimate as the README's markdown table (`invoke matrix --estimates`)."""
+    lines = ["| image | arch | leg | minutes (main, cached) | minutes (pull request) | disk GB |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {a} | {leg} | {e.minutes_cached} | {e.minutes_uncached} | {e.disk_gb} |" for name, a, leg, e in estimates(spec)]
+    return "\n".join(lines) + "\n"

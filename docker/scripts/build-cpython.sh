@@ -26,9 +26,19 @@ source "$(dirname "${BASH_SOURCE[0]}")/cross-env.sh"
 # release's pkg-config looks there by itself.
 export PKG_CONFIG_PATH=/usr/local/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
 
+# CPython 3.11 and 3.12 check for SQLite with pkg-config's libraries in LDFLAGS, so the link puts
+# them before the test program and -lsqlite3: a static SQLite's own needs (-lm for its math
+# functions) go unresolved and _sqlite3 is silently left out. 3.13's configure puts them in LIBS,
+# after it; the older ones get the same line.
+unpack() {
+    tar -xf "$tarball" -C "$1" --strip-components=1
+    # shellcheck disable=SC2016 # configure's own text
+    sed -i 's/^  LDFLAGS="\$LIBSQLITE3_LIBS \$LDFLAGS"$/  LIBS="$LIBS $LIBSQLITE3_LIBS"/' "$1/configure"
+}
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-tar -xf "$tarball" -C "$work" --strip-components=1
+unpack "$work"
 cd "$work"
 
 configure_args=(--prefix="$prefix" --with-ensurepip=no --enable-ipv6 ${cross_configure_args[@]+"${cross_configure_args[@]}"} "$@")
@@ -73,7 +83,7 @@ if [[ -n ${MANYFORGE_CROSS:-} ]]; then
         for arg in "${configure_args[@]}"; do
             case $arg in --build=* | --host=* | --with-build-python=*) ;; *) native_args+=("$arg") ;; esac
         done
-        mkdir "$work/answers" && tar -xf "$tarball" -C "$work/answers" --strip-components=1
+        mkdir "$work/answers" && unpack "$work/answers"
         (cd "$work/answers" && CONFIG_SITE=/dev/null ./configure -C "${native_args[@]}" "${nodist[@]}" >/dev/null) || {
             tail -n 30 "$work/answers/config.log" >&2
             echo "build-cpython.sh: configure did not run on the target; are QEMU's binfmt handlers registered?" >&2

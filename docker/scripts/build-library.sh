@@ -11,8 +11,6 @@ set -euo pipefail
 # shellcheck source=docker/scripts/cross-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cross-env.sh"
 
-# (after cross-env.sh, whose loops set variables of their own, `name` among them: every cross
-# build of a library failed with "no recipe for cpp")
 name=$1 tarball=$2 dest=$3
 step() { echo "manyforge: $name: $*"; }
 

@@ -18,7 +18,10 @@ cross_configure_args=()
 harden_cflags="-fstack-protector-strong -Wformat -Werror=format-security"
 harden_cppflags="-Wdate-time -D_FORTIFY_SOURCE=2"
 harden_ldflags="-Wl,-Bsymbolic-functions -Wl,-z,relro -Wl,-z,now"
-if [[ -n ${MANYFORGE_CROSS:-} ]]; then
+# A function, so that its own variables stay its own: the scripts that source this file have
+# theirs (build-library.sh's `name` was once overwritten here).
+manyforge_cross_env() {
+    local native_triplet sysroot pair name real tool multiarch root
     native_triplet=$(cc -dumpmachine)
     export CC_FOR_BUILD=cc
     mkdir -p /opt/cross-bin
@@ -70,4 +73,8 @@ if [[ -n ${MANYFORGE_CROSS:-} ]]; then
     # shellcheck disable=SC2034
     cross_configure_args=(--build="$native_triplet" --host="$MANYFORGE_CROSS")
     echo "manyforge: cross-compiling for $MANYFORGE_CROSS on $native_triplet with ${MANYFORGE_CROSS_CC}"
+}
+
+if [[ -n ${MANYFORGE_CROSS:-} ]]; then
+    manyforge_cross_env
 fi

@@ -12,8 +12,8 @@ import docker.errors
 import pytest
 
 from manyforge import engine, pipeline
-from manyforge.render import resolve_target
 from manyforge.spec import DEFAULT_SPEC, load_spec
+from manyforge.target import resolve_target
 
 
 def test_a_stopped_build_ends_buildx_and_tags_nothing(tmp_path):

@@ -29,8 +29,8 @@ import pytest
 import yaml
 
 from manyforge import engine, publish
-from manyforge.render import resolve_target
 from manyforge.spec import DEFAULT_SPEC, Spec, load_spec
+from manyforge.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
 INVOKE = Path(sys.executable).with_name("invoke")
@@ -91,7 +91,9 @@ def matrix(tmp_path_factory):
     name = f"flow_{uuid.uuid4().hex[:8]}"
     data = yaml.safe_load(DEFAULT_SPEC.read_text())
     data["org"] = "manyforge-flow"
-    image = {**data["images"]["manylinux_2_36"], "archs": ARCHES}
+    # The interpreters these stand-in images' SBOMs carry: any other declared one would be one
+    # the image was built without (publish refuses that without --allow-omitted).
+    image = {**data["images"]["manylinux_2_36"], "archs": ARCHES, "interpreters": ["cp313-cp313"]}
     image.pop("downloadable", None)
     data["images"] = {name: image}
     used = {image["toolchain"], *image.get("toolchain_variants", [])}  # unused settings are refused

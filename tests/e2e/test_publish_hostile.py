@@ -32,8 +32,8 @@ import pytest
 import yaml
 
 from manyforge import engine, publish
-from manyforge.render import resolve_target
 from manyforge.spec import DEFAULT_SPEC, load_spec
+from manyforge.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
 INVOKE = Path(sys.executable).with_name("invoke")
@@ -93,7 +93,8 @@ def tiny(tmp_path_factory):
     name = f"hostile_{uuid.uuid4().hex[:8]}"
     data = yaml.safe_load(DEFAULT_SPEC.read_text())
     data["org"] = "manyforge-hostile"
-    data["images"] = {name: {**data["images"]["manylinux_2_36"], "archs": ["x86_64"]}}
+    # Only the interpreter its SBOM carries: any other declared one would be left out (--allow-omitted).
+    data["images"] = {name: {**data["images"]["manylinux_2_36"], "archs": ["x86_64"], "interpreters": ["cp313-cp313"]}}
     data["images"][name].pop("downloadable", None)
     # Only the image's own toolchains: the matrix refuses settings that no image of it uses.
     used = {data["images"][name]["toolchain"], *data["images"][name].get("toolchain_variants", [])}

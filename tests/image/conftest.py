@@ -10,6 +10,10 @@ manylinux_2_31 for i686 (cp39 and the tools interpreter, with its from-source li
 step under linux32; it replaced manylinux_2_31 x86_64, whose stages are the same but for the
 arch). The GitHub workflow tests every arch with all interpreters.
 
+MANYFORGE_TEST_DERIVED="FILE:IMAGE[:ARCH],..." adds derived images (a downstream file of them,
+e.g. examples/scientific/manyforge.yaml:scientific): each is resolved against its parent as the
+session builds it (by image ID), built, and checked by the whole suite, plus its own checks.
+
 MANYFORGE_TEST_TARGETS="image:arch[:tag+tag...],..." chooses others (no tags: all of them);
 MANYFORGE_TEST_IMAGE=<image> with MANYFORGE_TEST_ARCHES=a,b tests every interpreter of one
 image (the GitHub workflow tests each image×arch that way), MANYFORGE_TEST_BASE and
@@ -31,9 +35,9 @@ import pytest
 import testinfra
 
 from manyforge import engine, pipeline, publish
-from manyforge.render import Target, resolve_target, wheel_pins
-from manyforge.sources import SourceCache, SourceError
+from manyforge.sources import SourceCache, SourceError, wheel_pins
 from manyforge.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
+from manyforge.target import AnyTarget, DerivedTarget, Target, resolve_target
 
 SAMPLE = Path(__file__).parent / "sample"
 HERE = Path(__file__).resolve().parent
@@ -42,7 +46,7 @@ NATIVE = ("x86_64", "i686")  # what runs on this host without QEMU
 
 @dataclass(frozen=True)
 class BuiltImage:
-    target: Target
+    target: AnyTarget
     ref: str
 
 
@@ -111,7 +115,40 @@ def _unique(targets: list[Target], value: str) -> list[Target]:
     return targets
 
 
-TARGETS: list[Target] = []  # filled once the configuration is read (pytest_configure)
+TARGETS: list[AnyTarget] = []  # filled once the configuration is read (pytest_configure)
+
+
+def _derived_targets(parents: list[Target]) -> list[AnyTarget]:
+    """MANYFORGE_TEST_DERIVED's images: each with its parent of the matrix as this site builds it
+    (a session target, or resolved like one), and the parent's facts as last resolved; the build
+    resolves the parent again first, so it derives from the parent the session built."""
+    value = os.environ.get("MANYFORGE_TEST_DERIVED")
+    if not value:
+        return []
+    out: list[AnyTarget] = []
+    for item in value.split(","):
+        parts = item.rsplit(":", 2) if item.count(":") >= 2 else item.rsplit(":", 1)
+        if len(parts) < 2:
+            raise pytest.UsageError(f"MANYFORGE_TEST_DERIVED: {item[:100]!r} is not FILE:IMAGE[:ARCH]")
+        path, name, arch = (parts + ["x86_64"])[:3]
+        spec = load_spec(path)
+        derived = spec.derived.get(name)
+        if derived is None or derived.external:
+            raise pytest.UsageError(f"MANYFORGE_TEST_DERIVED: {name!r} is no derived image of {path} with a parent of the matrix")
+        matrix_parent = next((t for t in parents if t.image_name == derived.parent and t.arch == arch), None)
+        if matrix_parent is None:
+            [matrix_parent] = pipeline.buildable(spec, SourceCache(), [resolve_target(spec, derived.parent, arch)])
+        if not engine.local_image_exists(matrix_parent.latest_ref) and not any(t.slug == matrix_parent.slug for t in parents):
+            raise pytest.UsageError(f"MANYFORGE_TEST_DERIVED: its parent {matrix_parent.latest_ref} is neither built nor a target of this session")
+        try:
+            target = pipeline.derived_target(spec, name, arch, matrix_parent=matrix_parent)
+        except SpecError:  # never resolved here: resolve against the parent as it is now, if it is built
+            if not engine.local_image_exists(matrix_parent.latest_ref):
+                raise pytest.UsageError(f"MANYFORGE_TEST_DERIVED: resolve {name} first (`invoke resolve`), or build its parent") from None
+            pipeline.resolve_derived(spec, name, arch)
+            target = pipeline.derived_target(spec, name, arch, matrix_parent=matrix_parent)
+        out.append(target)
+    return out
 
 
 def _load_targets() -> None:
@@ -122,6 +159,7 @@ def _load_targets() -> None:
         # As this site builds them: an interpreter no origin serves is left out of the image
         # (announced), so no test of it is collected.
         TARGETS[:] = pipeline.buildable(spec, SourceCache(), _targets(spec))
+        TARGETS.extend(_derived_targets([t for t in TARGETS if isinstance(t, Target)]))
     except SourceError as exc:
         raise pytest.UsageError(f"the images' sources: {exc}"[:2000]) from None
     except SpecError as exc:
@@ -142,14 +180,14 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("built_image", TARGETS, indirect=True, scope="session", ids=[t.slug for t in TARGETS])
 
 
-def _key(target: Target) -> tuple:
+def _key(target: AnyTarget) -> tuple:
     return (target.slug, tuple(target.interpreters))
 
 
-def _item_target(item) -> Target | None:
+def _item_target(item) -> AnyTarget | None:
     """The image a collected test checks (None for tests of no image)."""
     target = item.callspec.params.get("built_image") if hasattr(item, "callspec") else None
-    return target if isinstance(target, Target) else None
+    return target if isinstance(target, (Target, DerivedTarget)) else None
 
 
 # One worker builds every image the session's tests need, in the order they need them, one after
@@ -168,10 +206,17 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
-def _build(spec: Spec, target: Target) -> BuiltImage:
+def _build(spec: Spec, target: AnyTarget) -> BuiltImage:
     # Its progress reaches the terminal while a test waits for it, and the running test's
     # captured output otherwise; the build log (build/logs/) has all of it.
     print(f"\n[build] {target.slug}", file=sys.stderr)
+    if isinstance(target, DerivedTarget):
+        # The parent as this session built it (an earlier target in the builder's order).
+        pipeline.resolve_derived(target.spec, target.image_name, target.arch)
+        target = pipeline.derived_target(target.spec, target.image_name, target.arch, matrix_parent=target.matrix_parent)
+        result = pipeline.build_derived(target.spec, SourceCache(), target, stop=_STOP)
+        _BUILD_TIMES.append(f"{target.slug}: built in {result.seconds:.0f}s FROM {target.parent.image_id[:19]}")
+        return BuiltImage(target, result.tags[0])
     result = pipeline.build(spec, SourceCache(), target, stop=_STOP)
     size = engine.image_size(result.tags[0])
     _BUILD_TIMES.append(f"{target.slug}: built in {result.seconds:.0f}s, {size / 1e6:.0f} MB")
@@ -180,9 +225,9 @@ def _build(spec: Spec, target: Target) -> BuiltImage:
     return BuiltImage(result.target, result.tags[0])
 
 
-def _session_targets(session) -> list[Target]:
+def _session_targets(session) -> list[AnyTarget]:
     """The targets the collected tests use, in the order they first appear."""
-    seen: dict[tuple, Target] = {}
+    seen: dict[tuple, AnyTarget] = {}
     for item in session.items:
         if (target := _item_target(item)) is not None:
             seen.setdefault(_key(target), target)
@@ -193,7 +238,7 @@ def _session_targets(session) -> list[Target]:
 def built_image(request, spec) -> BuiltImage:
     """Built once per session: pytest sets a parametrized session fixture up again whenever the
     test order interleaves its parameters, and each rebuild, however cached, took a new tag."""
-    target: Target = request.param
+    target: AnyTarget = request.param
     with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
         # The first image asked for queues every image of the session, in the order of its tests.
         for queued in [target, *(_session_targets(request.session) if not _BUILDS else [])]:
@@ -251,7 +296,7 @@ def pytest_runtest_makereport(item, call):
         outcomes[item.nodeid] = "passed"
 
 
-def _collected(session, target: Target) -> int:
+def _collected(session, target: AnyTarget) -> int:
     """How many of the session's tests check this image (publishing ones aside)."""
     return sum(1 for item in session.items if getattr(_item_target(item), "slug", None) == target.slug and not _publishing(item))
 
@@ -324,7 +369,7 @@ def recorded_image(request, built_image: BuiltImage) -> BuiltImage:
 # a skip counts against the image's record. `@pytest.mark.applies_to(predicate)` on a test (or
 # an entry here, for modules that do not carry the marker) names the targets it applies to; each
 # predicate reads only the target: its arch, image, interpreters and locked wheels.
-Applies = Callable[[Target], bool]
+Applies = Callable[[AnyTarget], bool]
 _MODULES = pytest.StashKey[set[str]]()  # this folder's test modules the session collected
 _OWN_DESELECT = pytest.StashKey[set[str]]()  # node IDs this file deselected as not applying
 _FOREIGN_DESELECT = pytest.StashKey[bool]()  # an image test was deselected by something else
@@ -340,7 +385,7 @@ def pytest_deselected(items):
             config.stash[_FOREIGN_DESELECT] = True
 
 
-def _locked(target: Target, *names: str) -> bool:
+def _locked(target: AnyTarget, *names: str) -> bool:
     return set(names) <= {w.name for w in wheel_pins(target.spec, target.image, target.arch)}
 
 
@@ -355,11 +400,16 @@ APPLIES_TO: dict[str, Applies] = {
     # cmake and ninja are optional tools: installed where they publish wheels for the platform.
     "test_dropin.py::test_cmake_with_ninja_builds_a_project": lambda t: _locked(t, "cmake", "ninja"),
     "test_dropin.py::test_manylinux_interpreters_downloads_only_what_its_pin_matches": lambda t: bool(t.downloadable),
+    # Publishing a derived image (manyforge publish: its own record, catalog and SBOM) is tested in
+    # tests/e2e/test_derived.py; these publish and vary images of the matrix.
+    "test_publish.py::test_publish_pushes_signs_attests_and_catalogs": lambda t: not t.is_derived,
+    "test_publish.py::test_a_killed_publish_completes_on_rerun": lambda t: not t.is_derived,
+    "test_publish.py::test_changelog_between_two_releases_that_differ_by_one_tool_pin": lambda t: not t.is_derived,
 }
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "applies_to(predicate): the image targets (render.Target -> bool) a test applies to")
+    config.addinivalue_line("markers", "applies_to(predicate): the image targets (target.Target -> bool) a test applies to")
     _load_targets()
     try:  # every image builds with these: a mistake stops the session before the first build
         engine.build_cache_settings()

@@ -42,6 +42,23 @@ def cibuildwheel_identifier(tag: str, arch: str) -> str | None:
     return f"cp3{m.group(1)}{m.group(2)}-manylinux_{arch}"
 
 
+def run_cibuildwheel(project, env: dict[str, str], tmp_path, identifiers: list[str]):
+    """Unmodified cibuildwheel on the sample project: it succeeds, its test command passes once
+    per identifier and it leaves one wheel each. Gives the wheelhouse, its wheels, the output."""
+    out = tmp_path / "wheelhouse"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cibuildwheel", "--platform", "linux", "--output-dir", str(out), "."],
+        cwd=project, env=env, capture_output=True, text=True, check=False, timeout=3600,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    log = proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, log
+    assert len(re.findall(r"^sample ok$", output, re.M)) == len(identifiers), log
+    wheels = sorted(p.name for p in out.glob("*.whl"))
+    assert len(wheels) == len(identifiers), wheels
+    return out, wheels, output
+
+
 @pytest.mark.parametrize("frontend", ["default", "build[uv]"])
 def test_cibuildwheel_builds_repairs_and_tests_every_interpreter(built_image, frontend, tmp_path):
     target = built_image.target
@@ -67,16 +84,7 @@ def test_cibuildwheel_builds_repairs_and_tests_every_interpreter(built_image, fr
     }
     if frontend != "default":
         env["CIBW_BUILD_FRONTEND"] = frontend
-    out = tmp_path / "wheelhouse"
-    proc = subprocess.run(
-        [sys.executable, "-m", "cibuildwheel", "--platform", "linux", "--output-dir", str(out), "."],
-        cwd=project, env=env, capture_output=True, text=True, check=False, timeout=3600,
-    )  # fmt: skip
-    log = proc.stdout[-6000:] + proc.stderr[-6000:]
-    assert proc.returncode == 0, log
-    assert len(re.findall(r"^sample ok$", proc.stdout + proc.stderr, re.M)) == len(identifiers), log
-    wheels = sorted(p.name for p in out.glob("*.whl"))
-    assert len(wheels) == len(identifiers), wheels
+    out, wheels, _ = run_cibuildwheel(project, env, tmp_path, identifiers)
     policy_tag = f"{target.image.policy}_{target.arch}"
     for identifier in identifiers:
         abi = identifier.split("-")[0]  # cp314t: python tag cp314, ABI tag cp314t
@@ -153,17 +161,8 @@ def test_cibuildwheel_with_podman_builds_repairs_and_tests(built_image, tmp_path
             "CIBW_TEST_COMMAND": TEST_COMMAND,
             "CIBW_ENVIRONMENT": f"PIP_CERT=/host{HOST_CA}",
         })  # fmt: skip
-        out = tmp_path / "wheelhouse"
-        proc = subprocess.run(
-            [sys.executable, "-m", "cibuildwheel", "--platform", "linux", "--output-dir", str(out), "."],
-            cwd=project, env=env, capture_output=True, text=True, check=False, timeout=3600,
-        )  # fmt: skip
-        log = proc.stdout[-6000:] + proc.stderr[-6000:]
-        assert proc.returncode == 0, log
-        assert "podman" in proc.stdout + proc.stderr, log
-        assert len(re.findall(r"^sample ok$", proc.stdout + proc.stderr, re.M)) == len(identifiers), log
-        wheels = sorted(p.name for p in out.glob("*.whl"))
-        assert len(wheels) == len(identifiers), wheels
+        _, wheels, output = run_cibuildwheel(project, env, tmp_path, identifiers)
+        assert "podman" in output, output[-6000:]
         assert all(f"{target.image.policy}_{target.arch}" in w for w in wheels), wheels
     finally:
         subprocess.run([podman, "rmi", "--force", built_image.ref], capture_output=True, check=False, env=env, timeout=300)

@@ -18,7 +18,7 @@ import pytest
 from consumer import gaps, wanted
 
 from manyforge import engine
-from manyforge.contract import load_contract
+from manyforge.contract_table import load_contract
 
 pytestmark = pytest.mark.image
 

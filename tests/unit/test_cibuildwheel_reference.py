@@ -14,8 +14,8 @@ from pathlib import Path
 import tomllib
 from consumer import VERSION, Wanted, gaps, pinned_images, wanted
 
-from manyforge.render import resolve_target
 from manyforge.spec import Spec
+from manyforge.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
 

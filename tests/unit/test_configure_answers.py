@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from manyforge import configure_answers
-from manyforge.render import recorded_answers, render_dockerfile, resolve_target
+from manyforge.render import recorded_answers, render_dockerfile
 from manyforge.sources import SourceCache, cpython_pin
 from manyforge.spec import REPO_ROOT, SpecError, load_spec
+from manyforge.target import resolve_target
 
 SCRIPT = REPO_ROOT / "docker" / "scripts" / "configure-answers.py"
 _spec = importlib.util.spec_from_file_location("configure_answers_script", SCRIPT)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from manyforge.contract import BEGIN, END, ContractError, load_contract, missing_tests, readme_with_table, render_table
-from manyforge.render import arch_packages, family_layer, render_dockerfile, resolve_target
+from manyforge.contract_table import BEGIN, END, ContractError, load_contract, missing_tests, readme_with_table, render_table
+from manyforge.render import arch_packages, family_layer, render_dockerfile
 from manyforge.spec import load_spec
+from manyforge.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec()
@@ -21,7 +22,7 @@ SPEC = load_spec()
 
 def test_readme_table_is_the_generated_one():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert readme_with_table(readme, load_contract()) == readme, "run `invoke contract --write`"
+    assert readme_with_table(readme, load_contract()) == readme, "run `invoke contract-table --write`"
     # The table sits under its heading, and holds one row per item.
     section = readme[readme.index("### The image contract, beside pypa's"):]
     table = section[section.index(BEGIN):section.index(END)]

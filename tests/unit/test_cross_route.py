@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from manyforge.arches import LLD_LINKS_SINCE
-from manyforge.render import Target, cross_compiler, packages_checks, render_dockerfile, resolve_target
+from manyforge.render import cross_compiler, packages_checks, render_dockerfile
 from manyforge.sources import Pin, SourceCache, SourceError, all_pins, check_static_clang_listed, static_clang_sums_pin
 from manyforge.spec import DEFAULT_SPEC, Spec, SpecError, load_spec, spec_from_data
+from manyforge.target import Target, resolve_target
 
 SPEC = load_spec()
 RAW = yaml.safe_load(DEFAULT_SPEC.read_text())

@@ -23,8 +23,9 @@ import pytest
 import yaml
 
 from manyforge import quoting
-from manyforge.render import render_dockerfile, resolve_target, write_packages_check
+from manyforge.render import render_dockerfile, write_packages_check
 from manyforge.spec import DEFAULT_SPEC, Spec, SpecError, load_lock, lock_path_default, spec_from_data
+from manyforge.target import resolve_target
 
 RAW = yaml.safe_load(DEFAULT_SPEC.read_text())
 LOCK_PATH = lock_path_default()

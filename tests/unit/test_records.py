@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from manyforge import engine, publish
-from manyforge.render import resolve_target
 from manyforge.spec import DEFAULT_SPEC, load_spec
+from manyforge.target import resolve_target
 
 SPEC = load_spec(DEFAULT_SPEC)
 IMAGE = "manylinux_2_36"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from manyforge.publish import Destination, PublishError, changelog_markdown, diff_sboms, previous_release
-from manyforge.render import render_dockerfile, resolve_target, sbom_input
+from manyforge.render import render_dockerfile, sbom_input
 from manyforge.spec import load_spec
+from manyforge.target import resolve_target
 
 SPEC = load_spec()
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from manyforge.arches import ARCHES
-from manyforge.render import packages_checks, render_dockerfile, resolve_target, write_packages_check
+from manyforge.render import packages_checks, render_dockerfile, write_packages_check
 from manyforge.spec import load_spec
+from manyforge.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec()

@@ -9,8 +9,9 @@ import re
 import pytest
 
 from manyforge.arches import configure_build, python_multiarch
-from manyforge.render import build_packages, declared_packages, image_labels, render_dockerfile, resolve_target, stage_context
+from manyforge.render import build_packages, declared_packages, image_labels, render_dockerfile, stage_context
 from manyforge.spec import load_spec
+from manyforge.target import resolve_target
 
 SPEC = load_spec()
 
@@ -116,7 +117,8 @@ def test_armv7l_interpreters_are_configured_for_armv7l_whatever_the_host_reports
     text = render_dockerfile(target)
     # Cross-compiled here: configure is told the target; built on an arm64 host (where linux32
     # reports armv8l) it is told the build machine.
-    assert text.count(f"MANYFORGE_CROSS={host} ") == len(target.interpreters)
+    # (every interpreter, and every from-source library the base builds)
+    assert text.count(f"MANYFORGE_CROSS={host} ") == len(target.interpreters) + len(target.base.libraries)
     assert stage_context(target)["configure_build"] == configure_build("armv7l", SPEC.image(image).libc.name)
     assert configure_build("armv7l", "glibc") == "armv7l-unknown-linux-gnueabihf"
     assert configure_build("armv7l", "musl") == "arm-linux-musleabihf" and configure_build("aarch64", "glibc") is None

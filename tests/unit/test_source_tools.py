@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from manyforge.contract import load_contract
-from manyforge.render import build_packages, family_layer, render_dockerfile, resolve_target
+from manyforge.contract_table import load_contract
+from manyforge.render import build_packages, family_layer, render_dockerfile
 from manyforge.spec import SOURCE_TOOL_ORDER, load_spec
+from manyforge.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec()

@@ -117,7 +117,7 @@ def test_bad_sha256_and_unpinned_base(tmp_path):
 def test_every_problem_is_reported_at_once(tmp_path):
     def breaks(d):
         d["images"]["manylinux_2_36"]["toolchain"] = "clang-99"
-        d["images"]["musllinux_1_2"]["interpreters"].append("cp27-cp27mu")
+        d["images"]["musllinux_1_2"]["interpreters"] = [*d["defaults"]["interpreters"], "cp27-cp27mu"]
         d["images"]["manylinux_2_28"]["libc"]["name"] = "musl"
 
     problems = problems_of(tmp_path, mutated(breaks))
@@ -133,7 +133,8 @@ def test_downloadable_interpreters_are_checked(tmp_path):
 
     problems = problems_of(tmp_path, mutated(hostile_url))
     assert len(problems) == 1 and problems[0].startswith("images.yaml: downloadable.pp311-pypy311_pp80.files.x86_64.url: ")
-    problems = problems_of(tmp_path, mutated(lambda d: d["images"]["manylinux_2_36"]["downloadable"].append("pp399-pypy399_pp73")))
+    problems = problems_of(tmp_path, mutated(lambda d: d["images"]["manylinux_2_36"].update(
+        downloadable=[*d["defaults"]["downloadable"], "pp399-pypy399_pp73"])))
     assert any("images.manylinux_2_36.downloadable[5]: unknown interpreter 'pp399-pypy399_pp73'" in p for p in problems), problems
 
 
@@ -226,6 +227,21 @@ def test_unbuilt_reason_is_one_line_of_ascii(tmp_path, reason):
 
 
 def test_not_offered_is_refused_for_an_interpreter_the_image_offers(tmp_path):
-    problems = problems_of(tmp_path, mutated(lambda d: d["images"]["manylinux_2_36"]["not_offered"].update(
-        {"pp311-pypy311_pp80": "a reason a user could check"})))
+    problems = problems_of(tmp_path, mutated(lambda d: d["images"]["manylinux_2_36"].update(
+        not_offered={**d["defaults"]["not_offered"], "pp311-pypy311_pp80": "a reason a user could check"})))
     assert any("images.manylinux_2_36.not_offered.pp311-pypy311_pp80: the image carries or offers" in p for p in problems), problems
+
+
+def test_images_inherit_defaults_and_their_own_keys_replace_them(tmp_path):
+    """`defaults` gives every image the lists it does not give itself; an image's own list
+    replaces the default whole, and a broken default is reported once, under defaults."""
+    spec = load_spec(DEFAULT_SPEC)
+    assert spec.images["manylinux_2_36"].interpreters == tuple(RAW["defaults"]["interpreters"])
+    assert spec.images["musllinux_1_2"].downloadable == ()  # its own empty list wins
+    assert "swig" in spec.images["manylinux2014"].tools and "swig" not in spec.images["manylinux_2_36"].tools
+    problems = problems_of(tmp_path, mutated(lambda d: d["defaults"].update(tools_interpreter="cp27 ; rm -rf /")))
+    # Reported where it is written; the images that would have inherited it miss the key.
+    assert problems[0].startswith("images.yaml: defaults.tools_interpreter: 'cp27 ; rm -rf /' does not match"), problems
+    assert all(p.endswith("tools_interpreter: required key is missing") for p in problems[1:]), problems
+    problems = problems_of(tmp_path, mutated(lambda d: d["defaults"].update(colour="blue")))
+    assert problems == [problems[0]] and "defaults.colour: unknown key" in problems[0], problems
