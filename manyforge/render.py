@@ -108,21 +108,27 @@ def repositories(target: Target) -> dict:
     """What the family's setup_repositories macro needs to know."""
     return {
         "enable": list(target.base.repositories),
+        "epel": target.arch in target.base.epel,
         "mirror": target.base.mirror,
         "arch": target.arch,
         "repo_file": target.toolchain.repo_files.get(target.arch),  # type: ignore[call-overload]
     }
 
 
-def arch_packages(target: Target) -> list[str]:
-    """The family's runtime packages for the target's arch only (yasm on x86_64, as pypa's)."""
-    return list(vars(family_layer(target.base.family)).get("arch_packages", {}).get(target.arch, []))
-
-
-def declared_packages(target: Target) -> list[str]:
-    """Every distribution package the image's Dockerfile installs, in its stages' order."""
+def final_packages(target: Target) -> list[str]:
+    """What the final stage installs for users (pypa's packages no interpreter's build needs):
+    the family's, its arch's (yasm on x86_64, as pypa's), and EPEL's where the base enables it."""
     family = vars(family_layer(target.base.family))
-    packages = [*family["runtime_packages"], *target.base.packages, *arch_packages(target), *target.toolchain.packages, *build_packages(target)]
+    epel = family.get("epel_packages", {}).get(target.arch, []) if target.arch in target.base.epel else []
+    return list(dict.fromkeys([*family["final_packages"], *family.get("arch_packages", {}).get(target.arch, []), *epel]))
+
+
+def declared_packages(target: Target, final: bool = True) -> list[str]:
+    """Every distribution package the image's Dockerfile installs, in its stages' order (without
+    the final stage's with final=False: the stages a cross build's native leg runs)."""
+    family = vars(family_layer(target.base.family))
+    packages = [*family["runtime_packages"], *target.base.packages, *target.toolchain.packages, *build_packages(target)]
+    packages += final_packages(target) if final else []
     return list(dict.fromkeys(packages))
 
 
@@ -136,7 +142,7 @@ def packages_checks(target: Target) -> list[tuple[Target, list[str], list[str] |
     if target.cross_compiles:
         cross = cross_compiler(target)
         native = target.native()
-        checks.append((native, list(dict.fromkeys([*declared_packages(native), *cross["packages"]])), cross["setup"]))
+        checks.append((native, list(dict.fromkeys([*declared_packages(native, final=False), *cross["packages"]])), cross["setup"]))
     return checks
 
 
@@ -167,7 +173,8 @@ def stage_context(target: Target) -> dict:
         "base_name": target.base_name,
         "base_ref": target.base_ref(),
         "base_packages": list(target.base.packages),
-        "arch_packages": arch_packages(target),
+        "final_packages": final_packages(target),
+        "locale_setup": vars(family_layer(target.base.family))["locale_setup"],
         "toolchain_name": target.toolchain_name,
         "toolchain": target.toolchain,
         "repositories": repositories(target),
@@ -178,8 +185,9 @@ def stage_context(target: Target) -> dict:
         # rest after, for the final image only.
         "tcltk": [t for t in target.tool_builds() if t["name"] in ("tcl", "tk")],
         "tools": [t for t in target.tool_builds() if t["name"] not in ("tcl", "tk")],
-        # /usr/local/lib in the loader's path from the runtime stage on (glibc; musl's loader looks there itself).
-        "usr_local_loader": target.image.libc.name == "glibc",
+        # /usr/local/lib in the loader's path from the runtime stage on where a stage installs Tk
+        # there (glibc; musl's loader looks there itself); the final stage's finalize.sh writes it on every glibc image.
+        "usr_local_loader": target.image.libc.name == "glibc" and any(t["name"] == "tk" for t in target.tool_builds()),
         "tools_shipped": ", ".join(f"{t['name']} {t['version']}" for t in target.tool_builds() if t["name"] not in ("tcl", "tk", "curl")),
         "git_lfs": target.git_lfs_file(),
         "configure_build": configure_build(target.arch, target.image.libc.name),

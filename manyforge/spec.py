@@ -297,6 +297,9 @@ class Base(_Model):
     git_lfs_release: StrictBool = False
     # Repositories to enable before installing (e.g. CodeReady Builder, which has gdbm-devel).
     repositories: tuple[Name, ...] = ()
+    # Arches on which EPEL is enabled, from the release's own `epel-release` package, as in
+    # pypa's images (which take yasm from it); the family's `epel_packages` come from there.
+    epel: tuple[Arch, ...] = ()
     # Where the release's packages live when its own mirrors are gone (CentOS 7: the vault).
     mirror: MirrorUrl | None = None
     # The -march its compilers must default to when the release's own default is newer than
@@ -872,7 +875,7 @@ def _format_pydantic(
 # --- cross-references -----------------------------------------------------------------------
 
 # Keys only some package-manager families read: set on another family, they would be ignored.
-_FAMILY_KEYS = {"repositories": ("dnf",), "mirror": ("yum",)}
+_FAMILY_KEYS = {"repositories": ("dnf",), "mirror": ("yum",), "epel": ("dnf",)}
 
 
 def _downloadable_problems(tag: str, entry: Downloadable) -> list[str]:
@@ -951,7 +954,7 @@ def _cross_check(
             elif older.split(".")[:2] != interp.cpython.split(".")[:2] or Version_(older) >= Version_(interp.cpython):
                 problems.append(f"{at}: {older} is not an older release of CPython {'.'.join(interp.cpython.split('.')[:2])}")
     for base_name, declared in spec.bases.items():
-        for key, arches in (("march", tuple(declared.march)), ("emulated", declared.emulated)):
+        for key, arches in (("march", tuple(declared.march)), ("emulated", declared.emulated), ("epel", declared.epel)):
             for arch in arches:
                 if arch not in declared.archs:
                     problems.append(f"{f}: bases.{base_name}.{key}.{arch}: the base has no {arch}; it has: {', '.join(declared.archs)}")

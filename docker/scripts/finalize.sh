@@ -38,6 +38,10 @@ for tool in /opt/_internal/tools/bin/*; do
         *) ln -sf "$tool" "/usr/local/bin/$name" ;;
     esac
 done
+# SSL_CERT_FILE names certifi's bundle, as in pypa's images: OpenSSL, curl and git trust the
+# same roots as pip, whatever the release's own store holds.
+ln -sf "$(/opt/_internal/tools/bin/python -c 'import certifi; print(certifi.where())')" /opt/_internal/certs.pem
+test -s /opt/_internal/certs.pem
 # pypa's command line, run by the tools interpreter (standard library only).
 printf '#!/bin/sh\nexec /opt/python/%s/bin/python /opt/_internal/bin/manylinux-interpreters.py "$@"\n' "$tools_tag" \
     > /usr/local/bin/manylinux-interpreters

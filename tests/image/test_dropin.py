@@ -19,6 +19,7 @@ from consumer import gaps, wanted
 
 from manyforge import engine
 from manyforge.contract_table import load_contract
+from manyforge.render import final_packages
 
 pytestmark = pytest.mark.image
 
@@ -69,10 +70,16 @@ def test_tools_users_rely_on_are_on_path(host, built_image):
 
 def test_image_environment_matches_pypas(host, built_image):
     env = dict(line.split("=", 1) for line in run(host, "env").splitlines() if "=" in line)
-    # C.UTF-8 wherever the release has it (CentOS 7 has not: en_US.UTF-8, pypa's everywhere).
-    locale = "en_US.UTF-8" if built_image.target.base.family == "yum" else "C.UTF-8"
-    assert env["LANG"] == env["LC_ALL"] == locale
-    assert "utf-8" in run(host, "/opt/python/cp39-cp39/bin/python -c 'import locale; print(locale.getpreferredencoding())'").lower()
+    # pypa's locale, and its data: setlocale succeeds (glibc fails without the compiled locale).
+    assert env["LANG"] == env["LC_ALL"] == env["LANGUAGE"] == "en_US.UTF-8"
+    probe = "import locale; print(locale.setlocale(locale.LC_ALL, ''), locale.getpreferredencoding())"
+    assert run(host, f"/opt/python/cp39-cp39/bin/python -c {shlex.quote(probe)}").lower() == "en_us.utf-8 utf-8"
+    # Certificates: certifi's bundle, as pypa's SSL_CERT_FILE; OpenSSL's default context loads it.
+    assert env["SSL_CERT_FILE"] == "/opt/_internal/certs.pem"
+    assert run(host, "/opt/_internal/tools/bin/python -c 'import certifi; print(certifi.where())'") == run(host, "readlink -f /opt/_internal/certs.pem")
+    probe = "import ssl; print(ssl.create_default_context().cert_store_stats()['x509_ca'])"
+    assert int(run(host, f"/opt/python/cp39-cp39/bin/python -c {shlex.quote(probe)}")) > 100
+    assert env["PIPX_DISABLE_SHARED_LIBS_AUTO_UPGRADE"] == "1"
     assert env["SHELL"] == "/bin/bash"
     assert env["PKG_CONFIG_PATH"] == "/usr/local/lib/pkgconfig"
     assert run(host, "getent passwd root").endswith(":/bin/bash")  # Alpine's default is ash
@@ -222,6 +229,9 @@ def test_what_pypa_s_images_carry_for_users_is_here(host, built_image):
     failing = [t for t in tools if host.run(t).rc != 0]
     assert not failing, failing
     target = built_image.target
+    # What the final stage installs for users (diffutils, hostname, uuid, yasm on x86_64, ...).
+    absent = [p for p in final_packages(target) if not host.package(p).is_installed]
+    assert not absent, absent
     if target.base.git_lfs_release:  # the release's archive, not a package: its pinned version
         assert f"git-lfs/{target.spec.data.git_lfs.version} " in run(host, "git lfs version")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from manyforge.contract_table import BEGIN, END, ContractError, load_contract, missing_tests, readme_with_table, render_table
-from manyforge.render import arch_packages, family_layer, render_dockerfile
+from manyforge.render import family_layer, final_packages, render_dockerfile
 from manyforge.spec import load_spec
 from manyforge.target import resolve_target
 
@@ -54,7 +54,7 @@ def test_pipes_in_a_cell_do_not_split_the_row():
 
 
 def test_contract_task_checks_and_fails_on_a_difference(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "invoke", "contract"], cwd=ROOT, capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-m", "invoke", "contract-table"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "current" in proc.stdout
 
@@ -62,7 +62,12 @@ def test_contract_task_checks_and_fails_on_a_difference(tmp_path):
 def _runtime_packages(target) -> set[str]:
     """What the image's runtime stage (the final image's base) installs, as rendered."""
     family = vars(family_layer(target.base.family))
-    return {*family["runtime_packages"], *target.base.packages, *arch_packages(target), *target.toolchain.packages}
+    return {*family["runtime_packages"], *target.base.packages, *target.toolchain.packages}
+
+
+def _image_packages(target) -> set[str]:
+    """What the final image carries: the runtime stage's packages and the final stage's own."""
+    return _runtime_packages(target) | set(final_packages(target))
 
 
 TARGETS = [
@@ -78,20 +83,39 @@ def test_every_image_carries_pypas_packages_or_says_why(target):
     each of its packages for this image is installed by the rendered runtime stage, under its
     own name or the one `same_as` gives, or `not_carried` gives the reason."""
     contract = load_contract()
-    carried = _runtime_packages(target)
+    carried = _image_packages(target)
     assert carried, target.slug
     gaps = contract.pypa_package_gaps(target.base.family, target.image_name, target.arch, carried)
     assert not gaps, f"{target.slug}: pypa's images carry {', '.join(gaps)}; add them or say why in tests/contract.yaml"
     rendered = render_dockerfile(target)
-    runtime = rendered[rendered.index("AS runtime"):rendered.index("AS build")]
-    for package in carried:
-        assert re.search(rf"(?<![\w.+-]){re.escape(package)}(?![\w.+-])", runtime), (target.slug, package)
+    stages = {
+        "runtime": (rendered[rendered.index("AS runtime"):rendered.index("AS build")], _runtime_packages(target)),
+        "final": (rendered[rendered.index("AS final"):], set(final_packages(target))),
+    }
+    for stage, (text, packages) in stages.items():
+        for package in packages:
+            assert re.search(rf"(?<![\w.+-]){re.escape(package)}(?![\w.+-])", text), (target.slug, stage, package)
 
 
 def test_a_dropped_package_is_a_gap():
     contract = load_contract()
     target = resolve_target(SPEC, "manylinux_2_34", "x86_64")
-    carried = _runtime_packages(target)
+    carried = _image_packages(target)
     assert not contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried)
     assert contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried - {"libxcrypt-compat"}) == ["libxcrypt-compat"]
     assert contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried - {"ncurses-libs"}) == ["ncurses"]
+
+
+@pytest.mark.parametrize(("base", "epel"), [("almalinux8", True), ("almalinux9", True), ("ubi9", False), ("centos7", False)])
+def test_epel_is_enabled_as_pypa_enables_it_and_yasm_comes_from_it(base, epel):
+    """pypa's install-runtime-packages.sh installs epel-release on EL8/EL9 (every arch but i686 and
+    riscv64) and takes yasm from it on x86_64; UBI offers no epel-release, and CentOS 7's archived
+    EPEL has no pinnable release package (tests/contract.yaml not_carried)."""
+    image = next(name for name, i in SPEC.images.items() if base in (i.base, *i.base_variants))
+    target = resolve_target(SPEC, image, "x86_64", base=base)
+    rendered = render_dockerfile(target)
+    runtime = rendered[rendered.index("AS runtime"):rendered.index("AS build")]
+    final = rendered[rendered.index("AS final"):]
+    assert ("epel-release" in runtime) == epel, base
+    assert ("yasm" in final) == epel, base
+    assert "yasm" not in runtime, "a package only users need belongs to the final stage (no interpreter rebuild)"
