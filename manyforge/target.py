@@ -350,13 +350,20 @@ class DerivedTarget:
         Dockerfile names exactly that image (BuildKit resolves no bare image ID)."""
         return f"manyforge-parent/{self.slug}:{self.parent.image_id.removeprefix('sha256:')}"
 
+    def pinned_sources(self) -> dict[str, Pin]:
+        """The libraries' sources and the vendor repositories' files, each by its sha256, by the
+        key of the spec that pins it (derived.<image>.repositories.<name>.key, ...)."""
+        d = self.derived
+        at = f"derived.{self.image_name}"
+        pins = {f"{at}.libraries.{n}": Pin(lib.filename, lib.sha256, lib.url, lib.debian) for n, lib in d.libraries.items()}
+        for name, repo in d.repositories.items():
+            for kind, f in (("definition", repo.definition), ("key", repo.key)):
+                pins[f"{at}.repositories.{name}.{kind}"] = Pin(f.filename, f.sha256, f.url, None)
+        return pins
+
     def source_pins(self) -> list[Pin]:
         """The libraries' sources and the vendor repositories' files, each by its sha256."""
-        d = self.derived
-        pins = [Pin(lib.filename, lib.sha256, lib.url, lib.debian) for lib in d.libraries.values()]
-        for repo in d.repositories.values():
-            pins += [Pin(f.filename, f.sha256, f.url, None) for f in (repo.definition, repo.key)]
-        return pins
+        return list(self.pinned_sources().values())
 
 
 def derived_target_of(
