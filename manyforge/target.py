@@ -13,7 +13,7 @@ from typing import Any
 from manyforge.arches import ARCHES, BUILD_HOSTS, host_arch, runs_natively
 from manyforge.parent import DerivedLock, ParentFacts, facts_for
 from manyforge.sources import Pin, cpython_pin, library_pins, static_clang_pins
-from manyforge.spec import Base, Derived, DownloadFile, Image, Spec, SpecError, Toolchain
+from manyforge.spec import Base, Derived, DownloadFile, Image, Spec, SpecError, Toolchain, package_name_problems
 
 
 @dataclass(frozen=True)
@@ -377,6 +377,10 @@ def derived_target_of(
     if arch not in archs:
         raise SpecError([f"unknown arch {arch!r} for derived image {image_name}; choose one of: {', '.join(archs)}"])
     facts = facts_for(lock, image_name, arch, lock_file)
+    # A parent pinned by digest shows its family only once resolved: its rule for package names.
+    problems = package_name_problems(facts.family, derived.packages, f"{spec.source_file.name}: derived.{image_name}.packages")
+    if problems:
+        raise SpecError(problems)
     return DerivedTarget(spec, image_name, arch, facts, build_host=build_host or host_arch(), matrix_parent=matrix_parent)
 
 
