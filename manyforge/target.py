@@ -8,7 +8,6 @@ targets; this module reads only the spec and the source pins.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from manyforge.arches import ARCHES, BUILD_HOSTS, host_arch, runs_natively
 from manyforge.parent import DerivedLock, ParentFacts, facts_for
@@ -291,11 +290,45 @@ class DerivedTarget:
     # unchanged (its policy, toolchain, interpreters' releases, offered downloads) comes from it.
     matrix_parent: Target | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        parent_target = self.__dict__.get("matrix_parent")
-        if name.startswith("__") or parent_target is None:
-            raise AttributeError(name)
-        return getattr(parent_target, name)
+    # --- what the image tests read of any image, which a derived image keeps from its parent of
+    # the matrix; without one (an external parent) there is nothing to read them from. ---
+
+    def _from_matrix(self, what: str) -> Target:
+        if self.matrix_parent is None:
+            raise AttributeError(f"{what}: {self.slug} has no parent of the matrix to read it from (its parent is {self.parent.ref})")
+        return self.matrix_parent
+
+    @property
+    def image(self) -> Image:
+        """The parent's image of the matrix (policy, libc, tools interpreter)."""
+        return self._from_matrix("image").image
+
+    @property
+    def auditwheel_policy(self) -> str:
+        return self._from_matrix("auditwheel_policy").auditwheel_policy
+
+    @property
+    def base(self) -> Base:
+        return self._from_matrix("base").base
+
+    @property
+    def toolchain(self) -> Toolchain:
+        return self._from_matrix("toolchain").toolchain
+
+    @property
+    def downloadable(self) -> dict[str, DownloadFile]:
+        return self._from_matrix("downloadable").downloadable
+
+    @property
+    def omitted(self) -> tuple[tuple[str, str], ...]:
+        return self._from_matrix("omitted").omitted
+
+    def cpython_version(self, tag: str) -> str:
+        return self._from_matrix("cpython_version").cpython_version(tag)
+
+    def library_builds(self) -> list[dict[str, str]]:
+        """The parent's from-source libraries (its base's), which the derived image carries."""
+        return self._from_matrix("library_builds").library_builds()
 
     @property
     def derived(self) -> Derived:
