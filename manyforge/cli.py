@@ -1,7 +1,7 @@
 """`manyforge`: what a downstream project runs, with nothing but the installed package.
 
     manyforge resolve  --spec FILE --image NAME [--arch A]   read the parent, pin it in the lock
-    manyforge build    --spec FILE --image NAME [--arch A]   build the derived image, run its checks
+    manyforge build    --spec FILE --image NAME [--arch A] [--network host]   build the derived image, run its checks
     manyforge check    --spec FILE --image NAME [--arch A]   run its checks in its latest build
     manyforge test     --spec FILE --image NAME [--arch A]   contract + checks, recorded by image ID
     manyforge publish  --spec FILE --image NAME --registry HOST/NS --key KEY   push, sign, attest, tag
@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--spec", required=True, help="the project's file of derived images")
         p.add_argument("--image", required=True, help="a derived image of that file")
         p.add_argument("--arch", help="one architecture (default: resolve every one; build, check and test x86_64; publish every one)")
+        if name == "build":
+            p.add_argument("--network", choices=engine.BUILD_NETWORKS, default="default",
+                           help="the network of the build's steps: 'host' reaches servers on this machine's 127.0.0.1 (a vendor repository, a proxy)")
         if name == "publish":
             p.add_argument("--registry", required=True, help="HOST[:PORT]/NAMESPACE")
             p.add_argument("--key", required=True, help="a cosign private key (its password in COSIGN_PASSWORD)")
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{target.slug}: {record.verdict()}")
             return 1 if failed else 0
         if args.command == "build":
-            pipeline.build_derived(spec, SourceCache(), target)
+            pipeline.build_derived(spec, SourceCache(), target, network=args.network)
             return 0
         failed = pipeline.run_checks(target, target.latest_ref)
         for line in failed:

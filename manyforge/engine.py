@@ -48,6 +48,9 @@ DOCKER_API_TIMEOUT = 600  # one request of the Docker SDK to the engine (its soc
 BUILD_TIMEOUT = 6 * 3600  # one buildx build: a cold emulated build of every interpreter takes hours
 LOCAL_TIMEOUT = 120  # a question to the local docker CLI (buildx version, inspect)
 KILL_GRACE = 10  # seconds a stopped buildx has to cancel its build before its process group is killed
+# The network a build's steps use: the engine's default (a bridge: everything the host reaches
+# but its loopback), or the host's own (a vendor repository or proxy served on 127.0.0.1).
+BUILD_NETWORKS = ("default", "host")
 
 
 class EngineError(Exception):
@@ -350,12 +353,14 @@ def _registry_cache(target: AnyTarget, builder_name_: str | None) -> tuple[list[
 @_docker_api
 def build(
     target: AnyTarget, context: Path, log_dir: Path, no_cache: bool = False, stop: threading.Event | None = None,
-    builder: str | None = None,
+    builder: str | None = None, network: str = "default",
 ) -> BuildResult:
     """Build a prepared context with buildx for the target's platform and tag it (the caller
     has run check_prerequisites). Setting `stop` ends buildx within seconds (EngineError).
     `builder`: a buildx builder's name (default: the engine's own); its result is loaded into
-    the local engine, where the tests and publish find it."""
+    the local engine, where the tests and publish find it. `network`: one of BUILD_NETWORKS."""
+    if network not in BUILD_NETWORKS:
+        raise EngineError(f"build network {network[:40]!r}: unknown; choose one of: {', '.join(BUILD_NETWORKS)}")
     if isinstance(target, DerivedTarget):
         tag_parent(target)
     else:
@@ -367,7 +372,8 @@ def build(
     docker_args, buildx_args = _registry_cache(target, builder)
     cmd = [
         "docker", *docker_args, "buildx", "build", "--platform", target.platform, "--progress", "plain", "--load",
-        "--tag", build_ref, *(["--no-cache"] if no_cache else []), *buildx_args, "--", str(context),
+        "--tag", build_ref, *(["--no-cache"] if no_cache else []), *(["--network", network] if network != "default" else []),
+        *buildx_args, "--", str(context),
     ]  # fmt: skip
     print(f"==> building {target.slug} ({target.platform}); log: {log}", file=sys.stderr)
     started = time.monotonic()

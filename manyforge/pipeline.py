@@ -537,17 +537,22 @@ def derived_target(spec: Spec, name: str, arch: str, build_host: str | None = No
 
 
 def build_derived(spec: Spec, cache: SourceCache, target: DerivedTarget, origin: str = "auto", stop: threading.Event | None = None,
-                  builder: str | None = None) -> engine.BuildResult:  # fmt: skip
-    """sources → context → buildx FROM the parent's image ID → the project's own checks."""
+                  builder: str | None = None, network: str = "default") -> engine.BuildResult:  # fmt: skip
+    """sources → context → buildx FROM the parent's image ID → the project's own checks.
+    `network` "host": the build's steps reach servers on the host's 127.0.0.1 (a vendor
+    repository or a proxy there)."""
     engine.build_cache_settings()
     engine.builder_name(builder)
     engine.check_prerequisites(target.arch, needs_debootstrap=False, host=target.build_host, local_builder=builder is None)
     with cache.filling():
-        for pin in target.source_pins():
-            if not cache.valid(pin):
-                fetch_pin(cache, pin, origin, say=log)
+        for where, pin in target.pinned_sources().items():
+            try:
+                if not cache.valid(pin):
+                    fetch_pin(cache, pin, origin, say=log)
+            except SourceError as exc:  # which key of the spec pinned it, not only the file's name
+                raise SourceError(f"{target.spec.source_file.name}: {where}: {exc}") from None
     context = write_derived_context(target, cache, BUILD_DIR / "contexts" / target.slug)
-    result = engine.build(target, context, BUILD_DIR / "logs", stop=stop, builder=builder)
+    result = engine.build(target, context, BUILD_DIR / "logs", stop=stop, builder=builder, network=network)
     log(f"built {target.slug} in {result.seconds:.0f}s: {', '.join(result.tags)}")
     failed = run_checks(target, result.tags[0])
     if failed:

@@ -405,6 +405,11 @@ _VENDOR_FILES = {
 }
 
 
+# What `apt-cache policy` said of the declared packages before they were installed, where vendor
+# repositories are declared: the SBOM names the repository each one came from.
+DERIVED_PACKAGE_SOURCES = "/opt/_internal/derived-package-sources.txt"
+
+
 def _vendor_repositories(target: DerivedTarget) -> list[dict[str, str]]:
     """Each vendor repository's files and where the family reads them (the definition names the
     key by that path: /etc/apt/keyrings/<name>.asc, /etc/pki/rpm-gpg/<name>.asc, ...)."""
@@ -478,6 +483,7 @@ def derived_context(target: DerivedTarget) -> dict:
             for n, lib in d.libraries.items()
         ],
         "script": d.script.path if d.script else None,
+        "package_sources": DERIVED_PACKAGE_SOURCES,
         "env": dict(d.env),
         "python": _derived_python(target),
         "labels": derived_labels(target),
@@ -497,7 +503,12 @@ def derived_sbom_input(target: DerivedTarget) -> dict:
         "image": {"org": target.org, "name": target.image_name, "arch": target.arch, "policy": target.parent.pep600_policy},
         "parent": target.parent.model_dump(),
         "packages": list(d.packages),
-        "repositories": {n: {"definition": r.definition.model_dump(), "key": r.key.model_dump()} for n, r in d.repositories.items()},
+        "repositories": {
+            r["name"]: {"definition": {**d.repositories[r["name"]].definition.model_dump(), "path": r["definition_dest"]},
+                        "key": {**d.repositories[r["name"]].key.model_dump(), "path": r["key_dest"]}}
+            for r in _vendor_repositories(target)
+        },  # fmt: skip
+        "package_sources": DERIVED_PACKAGE_SOURCES,
         "libraries": [
             {"name": n, "version": lib.version, "sha256": lib.sha256, "filename": lib.filename,
              "url": lib.url, "debian": lib.debian, "build": lib.build}  # fmt: skip

@@ -402,6 +402,38 @@ ProjectPath = Annotated[
 LooseVersion = Annotated[str, StringConstraints(strict=True, max_length=60, pattern=r"^[0-9][A-Za-z0-9.+~-]*$")]
 
 
+# What each family's installer takes as a package name, and nothing more: no version constraint
+# (apk's `name=1.2`), option (`-oAPT::...`), glob, @group, path, provide or `:arch` (a derived
+# image installs for its own arch; a foreign one needs `dpkg --add-architecture`, which it does
+# not run). The parent's family decides which rule applies: known at load for a parent of the
+# matrix, at resolve (the lock) for one pinned by digest.
+PACKAGE_NAME_RULES: dict[str, tuple[str, str]] = {
+    "apt": (r"[a-z0-9][a-z0-9+.-]+", "a Debian package name (Debian policy 5.6.1): lowercase letters, digits, '+', '-' and '.', "
+                                     "at least two characters, starting with a letter or digit, no :arch"),
+    "dnf": (r"[A-Za-z0-9][A-Za-z0-9._+-]*", "an RPM package name: letters, digits, '.', '_', '+' and '-', starting with a letter or digit "
+                                            "(no version, glob, @group, path or provide)"),
+    "apk": (r"[a-z0-9][a-z0-9._+-]*", "an apk package name: lowercase letters, digits, '.', '_', '+' and '-', starting with a letter or digit "
+                                      "(no version constraint)"),
+}  # fmt: skip
+PACKAGE_NAME_RULES["yum"] = PACKAGE_NAME_RULES["dnf"]
+
+
+def _package_name(value: str) -> str:
+    """A name some family's rule takes (which one is checked against the parent's family)."""
+    if not any(re.fullmatch(rule, value) for rule, _ in PACKAGE_NAME_RULES.values()):
+        raise ValueError(f"{_short(value, 80)} is no package name of any family (letters, digits, '.', '_', '+', '-'; starting with a letter or digit)")
+    return value
+
+
+PackageName = Annotated[str, StringConstraints(strict=True, max_length=100), AfterValidator(_package_name)]
+
+
+def package_name_problems(family: str, packages: tuple[str, ...], at: str) -> list[str]:
+    """The declared packages the parent's family does not take as names; `at` names the key."""
+    rule, what = PACKAGE_NAME_RULES[family]
+    return [f"{at}[{i}]: {_short(p, 80)} is not {what} (the parent's family is {family})" for i, p in enumerate(packages) if not re.fullmatch(rule, p)]
+
+
 def _parent_ref(value: str) -> str:
     """`from`: the name of an image of the matrix, or an image reference pinned by digest."""
     from pydantic import TypeAdapter
@@ -495,7 +527,7 @@ class Derived(_Model):
     # The parent's arches this image is built for (default: every arch of a matrix parent;
     # required for an external parent, whose arches are read from it when resolved).
     archs: tuple[Arch, ...] = ()
-    packages: tuple[Name, ...] = ()
+    packages: tuple[PackageName, ...] = ()
     repositories: dict[VariantName, VendorRepository] = {}
     libraries: dict[VariantName, DerivedLibrary] = {}
     env: dict[EnvName, EnvValue] = {}
@@ -1113,6 +1145,8 @@ def _derived_problems(f: str, spec: SpecFile) -> list[str]:
         for i, arch in enumerate(derived.archs):
             if arch not in parent.archs:
                 problems.append(f"{at}.archs[{i}]: the parent {derived.parent} has no {arch}; it has: {', '.join(parent.archs)}")
+        if parent.base in spec.bases:
+            problems += package_name_problems(spec.bases[parent.base].family, derived.packages, f"{at}.packages")
     return problems
 
 

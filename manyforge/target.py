@@ -8,12 +8,11 @@ targets; this module reads only the spec and the source pins.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from manyforge.arches import ARCHES, BUILD_HOSTS, host_arch, runs_natively
 from manyforge.parent import DerivedLock, ParentFacts, facts_for
 from manyforge.sources import Pin, cpython_pin, git_lfs_pins, library_pins, source_tool_pins, static_clang_pins
-from manyforge.spec import SOURCE_TOOL_ORDER, Base, Derived, DownloadFile, Image, Spec, SpecError, Toolchain
+from manyforge.spec import SOURCE_TOOL_ORDER, Base, Derived, DownloadFile, Image, Spec, SpecError, Toolchain, package_name_problems
 
 
 @dataclass(frozen=True)
@@ -309,11 +308,49 @@ class DerivedTarget:
     # unchanged (its policy, toolchain, interpreters' releases, offered downloads) comes from it.
     matrix_parent: Target | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        parent_target = self.__dict__.get("matrix_parent")
-        if name.startswith("__") or parent_target is None:
-            raise AttributeError(name)
-        return getattr(parent_target, name)
+    # --- what the image tests read of any image, which a derived image keeps from its parent of
+    # the matrix; without one (an external parent) there is nothing to read them from. ---
+
+    def _from_matrix(self, what: str) -> Target:
+        if self.matrix_parent is None:
+            raise AttributeError(f"{what}: {self.slug} has no parent of the matrix to read it from (its parent is {self.parent.ref})")
+        return self.matrix_parent
+
+    @property
+    def image(self) -> Image:
+        """The parent's image of the matrix (policy, libc, tools interpreter)."""
+        return self._from_matrix("image").image
+
+    @property
+    def auditwheel_policy(self) -> str:
+        return self._from_matrix("auditwheel_policy").auditwheel_policy
+
+    @property
+    def base(self) -> Base:
+        return self._from_matrix("base").base
+
+    @property
+    def base_name(self) -> str:
+        return self._from_matrix("base_name").base_name
+
+    @property
+    def toolchain(self) -> Toolchain:
+        return self._from_matrix("toolchain").toolchain
+
+    @property
+    def downloadable(self) -> dict[str, DownloadFile]:
+        return self._from_matrix("downloadable").downloadable
+
+    @property
+    def omitted(self) -> tuple[tuple[str, str], ...]:
+        return self._from_matrix("omitted").omitted
+
+    def cpython_version(self, tag: str) -> str:
+        return self._from_matrix("cpython_version").cpython_version(tag)
+
+    def library_builds(self) -> list[dict[str, str]]:
+        """The parent's from-source libraries (its base's), which the derived image carries."""
+        return self._from_matrix("library_builds").library_builds()
 
     @property
     def derived(self) -> Derived:
@@ -368,13 +405,20 @@ class DerivedTarget:
         Dockerfile names exactly that image (BuildKit resolves no bare image ID)."""
         return f"manyforge-parent/{self.slug}:{self.parent.image_id.removeprefix('sha256:')}"
 
+    def pinned_sources(self) -> dict[str, Pin]:
+        """The libraries' sources and the vendor repositories' files, each by its sha256, by the
+        key of the spec that pins it (derived.<image>.repositories.<name>.key, ...)."""
+        d = self.derived
+        at = f"derived.{self.image_name}"
+        pins = {f"{at}.libraries.{n}": Pin(lib.filename, lib.sha256, lib.url, lib.debian) for n, lib in d.libraries.items()}
+        for name, repo in d.repositories.items():
+            for kind, f in (("definition", repo.definition), ("key", repo.key)):
+                pins[f"{at}.repositories.{name}.{kind}"] = Pin(f.filename, f.sha256, f.url, None)
+        return pins
+
     def source_pins(self) -> list[Pin]:
         """The libraries' sources and the vendor repositories' files, each by its sha256."""
-        d = self.derived
-        pins = [Pin(lib.filename, lib.sha256, lib.url, lib.debian) for lib in d.libraries.values()]
-        for repo in d.repositories.values():
-            pins += [Pin(f.filename, f.sha256, f.url, None) for f in (repo.definition, repo.key)]
-        return pins
+        return list(self.pinned_sources().values())
 
 
 def derived_target_of(
@@ -388,6 +432,10 @@ def derived_target_of(
     if arch not in archs:
         raise SpecError([f"unknown arch {arch!r} for derived image {image_name}; choose one of: {', '.join(archs)}"])
     facts = facts_for(lock, image_name, arch, lock_file)
+    # A parent pinned by digest shows its family only once resolved: its rule for package names.
+    problems = package_name_problems(facts.family, derived.packages, f"{spec.source_file.name}: derived.{image_name}.packages")
+    if problems:
+        raise SpecError(problems)
     return DerivedTarget(spec, image_name, arch, facts, build_host=build_host or host_arch(), matrix_parent=matrix_parent)
 
 

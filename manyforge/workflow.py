@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 
 from manyforge.arches import ARCHES, runs_natively
-from manyforge.spec import Runner, Spec, SpecError
+from manyforge.spec import REPO_ROOT, Runner, Spec, SpecError
 from manyforge.target import Target, resolve_target
 
 JOB_BUDGET_MINUTES = 240  # every job must stay under 4 hours (GitHub stops a job at 6)
@@ -101,17 +101,35 @@ def estimate(target: Target) -> JobEstimate:
     )
 
 
+def derived_on(spec: Spec, image: str, arch: str) -> list[str]:
+    """The derived images the spec declares on this image×arch. They are built in their parent's
+    job, after it and on its engine: a derived image is built FROM the parent's local image ID,
+    which no other job has."""
+    return [name for name, d in spec.derived.items() if not d.external and d.parent == image and arch in (d.archs or spec.image(image).archs)]
+
+
+def _spec_argument(spec: Spec) -> str:
+    """The file declaring the derived images as the workflow's steps name it (from the checkout)."""
+    path = spec.source_file.resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def entry(spec: Spec, image: str, arch: str, base: str | None = None, toolchain: str | None = None) -> dict:
     """One job of the matrix: what image.yml's steps read (all strings, the labels a list)."""
     name, runner = runner_for(spec, arch)
     target = resolve_target(spec, image, arch, base=base, toolchain=toolchain, build_host=runner.arch)
     needs_qemu = not runs_natively(arch, runner.arch)
+    # Derived images ride on the job of the parent as released (no variant), where the runner
+    # runs the arch itself: they are not built emulated or cross-compiled.
+    derived = derived_on(spec, image, arch) if not target.variant_suffix and not needs_qemu else []
     return {
         "image": image, "arch": arch, "base": target.base_name, "toolchain": target.toolchain_name,
         "slug": target.slug, "variant": target.variant_suffix, "runner": list(runner.labels), "runner_name": name,
         "build_host": runner.arch, "leg": leg(target),
         # The binfmt handler the runner must have (empty: none), and whether it bootstraps a Debian base.
         "qemu": arch if needs_qemu else "", "debootstrap": "true" if target.base.debootstrap else "",
+        # Built and tested after the parent (tests/image: MANYFORGE_TEST_DERIVED), published with it.
+        "derived": ",".join(f"{_spec_argument(spec)}:{d}:{arch}" for d in derived), "derived_images": " ".join(derived),
     }  # fmt: skip
 
 
@@ -139,12 +157,33 @@ def matrix(spec: Spec) -> list[dict[str, str | bool]]:
     """The top-level matrix: one entry per image, its two legs as JSON matrices (an empty leg
     is "": its job is skipped), and whether it bootstraps a Debian base."""
     out: list[dict[str, str | bool]] = []
+    _all_derived_have_jobs(spec)
     for name in spec.images:
         jobs = image_entries(spec, name)
         legs = {key: [j for j in jobs if j["leg"] == key] for key in ("native", "cross")}
         out.append({"image": name, **{key: json.dumps({"include": js}) if js else "" for key, js in legs.items()},
                     "debootstrap": _debootstraps(jobs)})  # fmt: skip
     return out
+
+
+def _all_derived_have_jobs(spec: Spec) -> None:
+    """Every derived image of the spec on every arch it declares rides on some job: none is
+    silently left unbuilt."""
+    problems = []
+    for name, d in spec.derived.items():
+        if d.external:
+            problems.append(f"derived.{name}: its parent is pinned by digest, and the workflow builds derived images in their parent's job; "
+                            "build it with `manyforge build` (or give it a parent of the matrix)")
+            continue
+        archs = d.archs or spec.image(d.parent).archs
+        if len(archs) > 1:  # its index is made by the job that publishes its one arch, where its lock is
+            problems.append(f"derived.{name}: the workflow publishes derived images of one arch; {len(archs)} declared ({', '.join(archs)})")
+        for arch in archs:
+            _, runner = runner_for(spec, arch)
+            if not runs_natively(arch, runner.arch):
+                problems.append(f"derived.{name}: {arch} is cross-built or emulated on its runner ({runner.arch}); derived images build only natively")
+    if problems:
+        raise SpecError([f"{spec.source_file.name}: {p}" for p in problems])
 
 
 def canary(spec: Spec, image: str, arch: str) -> list[dict[str, str | bool]]:

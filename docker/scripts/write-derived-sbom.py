@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -34,7 +35,53 @@ def os_release():
     return out
 
 
-def packages(query, purl_type, namespace, added):
+def repository_uris(path):
+    """The URIs an apt definition (deb822 .sources or one-line .list) names, without a trailing /."""
+    uris = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return uris
+    for line in lines:
+        words = line.split("#", 1)[0].split()
+        if words[:1] == ["URIs:"]:
+            uris += words[1:]
+        elif words[:1] in (["deb"], ["deb-src"]):
+            rest = words[1:]
+            if rest and rest[0].startswith("["):  # options: [signed-by=... arch=...]
+                while rest and not rest[0].endswith("]"):
+                    rest = rest[1:]
+                rest = rest[1:]
+            uris += rest[:1]
+    return [u.rstrip("/") for u in uris]
+
+
+def package_sources(path, repositories):
+    """What `apt-cache policy` said before the install: package -> (repository, source line) of
+    its candidate version, the repository being a vendor's name or "parent" (the parent's own)."""
+    if not os.path.exists(path):
+        return {}
+    vendors = [(uri, name) for name, repo in repositories.items() for uri in repository_uris(repo["definition"].get("path", ""))]
+    out, package, candidate, in_candidate = {}, None, None, False
+    with open(path, encoding="utf-8") as fh:
+        for line in fh.read().splitlines():
+            if line and not line.startswith(" ") and line.endswith(":"):
+                package, candidate, in_candidate = line[:-1], None, False
+            elif line.strip().startswith("Candidate:"):
+                candidate = line.split(":", 1)[1].strip()
+            elif re.match(r"^ (\*\*\*|   ) \S+ -?[0-9]+$", line):  # a version of the table (*** installed)
+                in_candidate = line[5:].split()[0] == candidate
+            elif in_candidate and line.startswith("        ") and package and package not in out:
+                words = line.split()
+                if len(words) >= 2 and "://" in words[1]:
+                    uri = words[1].rstrip("/")
+                    name = next((n for u, n in vendors if uri == u or uri.startswith(u + "/")), "parent")
+                    out[package] = (name, " ".join(words[1:]))
+    return out
+
+
+def packages(query, purl_type, namespace, added, sources):
     listing = subprocess.run(["sh", "-c", query], check=True, capture_output=True, text=True).stdout
     out = []
     for line in sorted(set(listing.splitlines())):
@@ -43,6 +90,8 @@ def packages(query, purl_type, namespace, added):
             continue
         purl = f"pkg:{purl_type}/{namespace}/{name}@{version}" + (f"?arch={arch}" if arch else "")
         props = [prop("added-by", "derived")] if name in added else []
+        if name in added and name in sources:
+            props += [prop("repository", sources[name][0]), prop("source", sources[name][1])]
         out.append({"type": "library", "bom-ref": f"pkg:{name}@{version}", "name": name, "version": version, "purl": purl,
                     **({"properties": props} if props else {})})  # fmt: skip
     return out
@@ -76,7 +125,8 @@ def main(input_path, output_path):
         {"type": "container", "bom-ref": "parent", "name": parent["ref"], "version": parent["image_id"],
          "properties": [prop("image-id", parent["image_id"]), prop("policy", parent["policy"]), prop("components-from", source)]},
         *parent_components,
-        *packages(data["package_query"], data["purl_type"], release.get("ID", ""), set(data["packages"])),
+        *packages(data["package_query"], data["purl_type"], release.get("ID", ""), set(data["packages"]),
+                  package_sources(data.get("package_sources", ""), data["repositories"])),
     ]  # fmt: skip
     for lib in data["libraries"]:
         components.append({
@@ -91,7 +141,8 @@ def main(input_path, output_path):
             f = repo[kind]
             components.append({"type": "file", "bom-ref": f"repository:{name}:{kind}", "name": f"{name} {kind}",
                                "hashes": [{"alg": "SHA-256", "content": f["sha256"]}],
-                               "properties": [prop("url", f["url"]), prop("added-by", "derived")]})  # fmt: skip
+                               "properties": [prop("url", f["url"]), prop("added-by", "derived"),
+                                              *([prop("path", f["path"])] if f.get("path") else [])]})  # fmt: skip
     if data.get("script"):
         for c in data["script"]["installs"]:
             components.append({"type": "library", "bom-ref": f"script:{c['name']}", "name": c["name"], "version": c["version"],

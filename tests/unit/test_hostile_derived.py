@@ -196,3 +196,73 @@ def test_hadolint_passes_on_derived_dockerfiles(tmp_path):
         files.append(str(work / f"{name}.Dockerfile"))
     proc = subprocess.run([hadolint, *files], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("-oAPT::Get::AllowUnauthenticated=true", "is no package name of any family"),
+        ("--allow-unauthenticated", "is no package name of any family"),
+        ("liblmdb-dev; rm -rf /", "is no package name of any family"),
+        ("$(id)", "is no package name of any family"),
+        ("`id`", "is no package name of any family"),
+        ("liblmdb-dev\nRUN id", "is no package name of any family"),
+        ("liblmdb-dev libhdf5-dev", "is no package name of any family"),
+        ("../../etc/passwd", "is no package name of any family"),
+        ("libfoo=1.2", "is no package name of any family"),
+        ("@development-tools", "is no package name of any family"),
+        ("libfoo*", "is no package name of any family"),
+        ("x" * 101, "at most 100 characters"),
+        # Names other families take, which Debian's does not.
+        ("libfoo:i386", "is no package name of any family"),
+        ("libX11-devel", "is not a Debian package name"),
+        ("lib_foo", "is not a Debian package name"),
+        ("a", "is not a Debian package name"),
+    ],
+)
+def test_a_package_name_is_checked_by_the_parents_family(tmp_path, name, why):
+    data = copy.deepcopy(FILE)
+    data["derived"]["stack"]["packages"] = ["liblmdb-dev", name]
+    with pytest.raises(SpecError) as exc:
+        render(tmp_path, data)
+    [problem] = exc.value.problems
+    assert problem.startswith("manyforge.yaml: derived.stack.packages[1]: ") and why in problem, problem
+    if "at most" not in why:
+        assert repr(name) in problem, problem  # the value, escaped: a newline is shown, never printed
+
+
+ALMALINUX_8 = PROBE_OUTPUT.replace("ID=debian", 'ID="almalinux"\nID_LIKE="rhel centos fedora"').replace('VERSION_ID="12"', 'VERSION_ID="8.10"')
+ALPINE = PROBE_OUTPUT.replace("ID=debian", "ID=alpine").replace('VERSION_ID="12"', "VERSION_ID=3.22.1").replace(
+    "AUDITWHEEL_POLICY=manylinux_2_36", "AUDITWHEEL_POLICY=musllinux_1_2").replace("PLAT=manylinux_2_36", "PLAT=musllinux_1_2")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "probe,name,refused",
+    [
+        (ALMALINUX_8, "libX11-devel", None),
+        (ALMALINUX_8, "perl-Text-ParseWords", None),
+        (ALMALINUX_8, "libfoo:i386", "is no package name of any family"),
+        (ALPINE, "py3-yaml", None),
+        (ALPINE, "libX11-dev", "is not an apk package name"),
+        (PROBE_OUTPUT, "libX11-devel", "is not a Debian package name"),
+    ],
+)
+def test_a_parent_pinned_by_digest_brings_its_familys_rule_when_resolved(tmp_path, probe, name, refused):
+    """Its family is known only from the lock: the names are checked when the target is made."""
+    data = copy.deepcopy(FILE)
+    stack = data["derived"]["stack"]
+    stack.update({"from": "registry.example/pypa/manylinux_2_28_x86_64@sha256:" + "0" * 64, "packages": [name]})
+    del stack["repositories"]  # a .sources file is apt's; the rule of names is what is tested here
+    path = tmp_path / "manyforge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        spec = load_spec(path)
+        lock = parent.DerivedLock(images={"stack": {"x86_64": facts(probe)}})
+        target = derived_target_of(spec, lock, "lock", "stack", "x86_64", "x86_64")
+    except SpecError as exc:
+        assert refused is not None, exc.problems
+        [problem] = exc.problems
+        assert problem.startswith("manyforge.yaml: derived.stack.packages[0]: ") and refused in problem, problem
+        return
+    assert refused is None, f"{name!r} was taken"
+    assert quoting.shjoin([name]) in render_derived_dockerfile(target)
