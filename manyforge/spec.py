@@ -541,6 +541,20 @@ class Derived(_Model):
                 raise ValueError(f"env.{name}: set by the parent image (its contract); a derived image keeps it")
         return self
 
+    @model_validator(mode="after")
+    def _one_file_per_name(self) -> Derived:
+        # The source cache and the build context keep each pinned file under its own name: two
+        # different files of one name (two vendors' key.asc) would overwrite each other.
+        files = [(f"libraries.{n}", lib.filename, lib.sha256) for n, lib in self.libraries.items()]
+        for n, repo in self.repositories.items():
+            files += [(f"repositories.{n}.{part}", f.filename, f.sha256) for part, f in (("definition", repo.definition), ("key", repo.key))]
+        seen: dict[str, tuple[str, str]] = {}
+        for where, name, sha256 in files:
+            first = seen.setdefault(name, (where, sha256))
+            if first[1] != sha256:
+                raise ValueError(f"{where}: its file {name} has the name of {first[0]}'s, another file; serve one of them under another name")
+        return self
+
     @property
     def external(self) -> bool:
         """Whether the parent is an image pinned by digest rather than one of the matrix."""

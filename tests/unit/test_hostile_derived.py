@@ -138,6 +138,9 @@ def test_a_hostile_value_in_a_derived_file_is_refused_or_quoted(tmp_path, path, 
         (lambda d: d["derived"]["stack"].update(colour="blue"), "derived.stack.colour: unknown key"),
         (lambda d: d["derived"].update(manylinux_2_31=d["derived"]["stack"]), "an image of the matrix has this name"),
         (lambda d: d.update(cpython={}), "cpython: unknown key; allowed keys here: org, derived"),
+        # Two different files of one name would overwrite each other in the source cache.
+        (lambda d: d["derived"]["stack"]["repositories"]["vendor"]["key"].update(sha256="0" * 64, url="https://other.example/vendor.sources"),
+         "derived.stack: repositories.vendor.key: its file vendor.sources has the name of repositories.vendor.definition's"),
     ],
 )
 def test_a_broken_derived_file_names_the_key(tmp_path, edit, message):
