@@ -790,9 +790,12 @@ def seed_from_debian(cache: SourceCache, pins: Iterable[Pin]) -> list[str]:
 def fetch_pin(cache: SourceCache, pin: Pin, origin: str, say=print) -> None:
     """Fetch one pinned file from its origins in turn ("auto": upstream, then Debian)."""
     errors = []
-    for kind in ("upstream", "debian") if origin == "auto" else (origin,):
+    kinds = ("upstream", "debian") if origin == "auto" else (origin,)
+    for kind in kinds:
         if (pin.url if kind == "upstream" else pin.debian) is None:
-            errors.append(f"{kind}: no address")
+            # An origin the pin names no address on is no failure, unless it is the only one asked.
+            if len(kinds) == 1 or (pin.url is None and pin.debian is None):
+                errors.append(f"{kind}: no address")
             continue
         try:
             say(f"fetching {pin.filename} from {kind}")

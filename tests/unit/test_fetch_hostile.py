@@ -35,6 +35,7 @@ from manyforge.sources import (
     SourceCache,
     SourceError,
     checked_filename,
+    fetch_pin,
     platform_tags,
     stage_files,
 )
@@ -276,6 +277,18 @@ def test_connection_refused_names_the_address(tmp_path):
     url = f"http://127.0.0.1:{port}/{PIN.filename}"
     with pytest.raises(SourceError, match=f"cannot download {url}: Connection refused"):
         SourceCache(tmp_path / "cache", limits=FAST).fetch_url(PIN, url)
+
+
+def test_a_pin_with_one_origin_names_only_that_origins_failure(tmp_path):
+    """A pin with no Debian path fails on its upstream alone: no 'debian: no address' noise."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]
+    pin = Pin(PIN.filename, PIN.sha256, f"http://127.0.0.1:{port}/{PIN.filename}", None)
+    with pytest.raises(SourceError) as exc:
+        fetch_pin(SourceCache(tmp_path / "cache", limits=FAST), pin, "auto", say=lambda line: None)
+    assert str(exc.value).splitlines()[1:] == [f"  upstream: {pin.filename}: cannot download {pin.url}: Connection refused"]
+    with pytest.raises(SourceError, match="debian: no address"):  # asked for that origin alone
+        fetch_pin(SourceCache(tmp_path / "cache", limits=FAST), pin, "debian", say=lambda line: None)
 
 
 def test_correct_server_file_lands_verified(tmp_path, serve):
