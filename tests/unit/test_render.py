@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from dockerfile_stages import stages
 
 from manyforge.arches import ARCHES
 from manyforge.render import packages_checks, render_dockerfile, write_packages_check
@@ -25,20 +26,6 @@ TARGETS = [
     for base in (image.base, *image.base_variants)
     for toolchain in (image.toolchain, *image.toolchain_variants)
 ]
-
-
-def stages(dockerfile: str) -> dict[str, str]:
-    """Stage name -> its text."""
-    out: dict[str, str] = {}
-    current = None
-    for line in dockerfile.splitlines():
-        m = re.match(r"FROM (?:--platform=\S+ )?\S+ AS (\S+)", line)
-        if m:
-            current = m.group(1)
-            out[current] = ""
-        if current:
-            out[current] += line + "\n"
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from dockerfile_stages import stages
 from packaging.version import Version
 
 from manyforge.contract_table import load_contract
@@ -26,19 +27,6 @@ TARGETS = [
     for base in (image.base, *image.base_variants)
     for arch in dict.fromkeys([image.archs[0], image.archs[-1]])
 ]
-
-
-def stages(dockerfile: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    current = None
-    for line in dockerfile.splitlines():
-        m = re.match(r"FROM (?:--platform=\S+ )?\S+ AS (\S+)", line)
-        if m:
-            current = m.group(1)
-            out[current] = ""
-        if current:
-            out[current] += line + "\n"
-    return out
 
 
 def tool_runs(stage_text: str) -> list[tuple[str, str]]:
