@@ -45,11 +45,12 @@ class Contract:
     same_as: dict[str, dict[str, str]]
     not_carried: dict[str, dict[str, str]]
 
-    def pypa_package_gaps(self, family: str, image: str, arch: str, carried: set[str]) -> list[str]:
-        """pypa's packages for one image x arch that `carried` lacks with no reason given."""
+    def pypa_package_gaps(self, family: str, image: str, arch: str, carried: set[str], lacks: dict[str, str] | None = None) -> list[str]:
+        """pypa's packages for one image x arch that `carried` lacks with no reason given (here,
+        or in `lacks`: what the base's repositories do not offer, images.yaml bases.<b>.lacks)."""
         wanted = [*self.pypa_packages["families"][family], *self.pypa_packages["images"].get(image, ())]
         wanted += self.pypa_packages.get(arch, [])
-        reasons = {**self.not_carried.get(family, {}), **self.not_carried.get(f"{arch}-{family}", {})}
+        reasons = {**self.not_carried.get(family, {}), **self.not_carried.get(f"{arch}-{family}", {}), **(lacks or {})}
         same = self.same_as.get(family, {})
         return [p for p in dict.fromkeys(wanted) if same.get(p, p) not in carried and not reasons.get(p, "").strip()]
 

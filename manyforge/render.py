@@ -120,7 +120,12 @@ def final_packages(target: Target) -> list[str]:
     the family's, its arch's (yasm on x86_64, as pypa's), and EPEL's where the base enables it."""
     family = vars(family_layer(target.base.family))
     epel = family.get("epel_packages", {}).get(target.arch, []) if target.arch in target.base.epel else []
-    return list(dict.fromkeys([*family["final_packages"], *family.get("arch_packages", {}).get(target.arch, []), *epel]))
+    wanted = [*family["final_packages"], *family.get("arch_packages", {}).get(target.arch, []), *epel]
+    stray = [p for p in target.base.lacks if p not in family["final_packages"]]
+    if stray:
+        where = f"{target.spec.path.name}: bases.{target.base_name}.lacks"
+        raise SpecError([f"{where}.{p}: not a package the {target.base.family} family's final stage installs" for p in stray])
+    return [p for p in dict.fromkeys(wanted) if p not in target.base.lacks]
 
 
 def declared_packages(target: Target, final: bool = True) -> list[str]:
@@ -174,6 +179,8 @@ def stage_context(target: Target) -> dict:
         "base_ref": target.base_ref(),
         "base_packages": list(target.base.packages),
         "final_packages": final_packages(target),
+        # pypa's DEVTOOLSET_ROOTPATH: the toolset's root (its prefix without /usr), empty without one.
+        "devtoolset_root": (target.toolchain.prefix or "").removesuffix("/usr"),
         "locale_setup": vars(family_layer(target.base.family))["locale_setup"],
         "toolchain_name": target.toolchain_name,
         "toolchain": target.toolchain,

@@ -54,7 +54,10 @@ case "$name" in
     git)
         unpack
         # NO_RUST: git 2.55 builds parts in Rust by default (Cargo), optional until git 3.0.
-        args=(prefix=/usr/local NO_GETTEXT=1 NO_TCLTK=1 NO_OPENSSL=1 NO_RUST=1 INSTALL_SYMLINKS=1 INSTALL_STRIP=-s)
+        # sysconfdir=/etc: the system config every git of the image reads (a prefix of /usr/local
+        # would make it /usr/local/etc/gitconfig, missing the filters `git lfs install --system`
+        # and the distribution's git-lfs package write to /etc/gitconfig).
+        args=(prefix=/usr/local sysconfdir=/etc NO_GETTEXT=1 NO_TCLTK=1 NO_OPENSSL=1 NO_RUST=1 INSTALL_SYMLINKS=1 INSTALL_STRIP=-s)
         if [ -x "$curl_prefix/bin/curl-config" ]; then
             # The static curl above (the release's is too old for git): linked in, with OpenSSL.
             args+=(CURLDIR="$curl_prefix" CURL_CONFIG="$curl_prefix/bin/curl-config"

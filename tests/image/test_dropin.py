@@ -80,6 +80,10 @@ def test_image_environment_matches_pypas(host, built_image):
     probe = "import ssl; print(ssl.create_default_context().cert_store_stats()['x509_ca'])"
     assert int(run(host, f"/opt/python/cp39-cp39/bin/python -c {shlex.quote(probe)}")) > 100
     assert env["PIPX_DISABLE_SHARED_LIBS_AUTO_UPGRADE"] == "1"
+    # pypa's: the toolset's root where the compilers come from one (its bin holds gcc), else empty.
+    root = env["DEVTOOLSET_ROOTPATH"]
+    assert root == (built_image.target.toolchain.prefix or "").removesuffix("/usr")
+    assert not root or run(host, "command -v gcc") == f"{root}/usr/bin/gcc"
     assert env["SHELL"] == "/bin/bash"
     assert env["PKG_CONFIG_PATH"] == "/usr/local/lib/pkgconfig"
     assert run(host, "getent passwd root").endswith(":/bin/bash")  # Alpine's default is ash
@@ -228,6 +232,9 @@ def test_what_pypa_s_images_carry_for_users_is_here(host, built_image):
     tools = ["curl --version", "gpg --version", "bison --version", "git lfs version"]
     failing = [t for t in tools if host.run(t).rc != 0]
     assert not failing, failing
+    # The git on PATH (built from source on some bases) reads the filters git-lfs installed, so
+    # a clone of a repository with LFS files gets their content, not pointer files.
+    assert run(host, "git config --get filter.lfs.process") == "git-lfs filter-process"
     target = built_image.target
     # What the final stage installs for users (diffutils, hostname, uuid, yasm on x86_64, ...).
     absent = [p for p in final_packages(target) if not host.package(p).is_installed]

@@ -13,7 +13,7 @@ import pytest
 
 from manyforge.contract_table import BEGIN, END, ContractError, load_contract, missing_tests, readme_with_table, render_table
 from manyforge.render import family_layer, final_packages, render_dockerfile
-from manyforge.spec import load_spec
+from manyforge.spec import SpecError, load_spec
 from manyforge.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +85,7 @@ def test_every_image_carries_pypas_packages_or_says_why(target):
     contract = load_contract()
     carried = _image_packages(target)
     assert carried, target.slug
-    gaps = contract.pypa_package_gaps(target.base.family, target.image_name, target.arch, carried)
+    gaps = contract.pypa_package_gaps(target.base.family, target.image_name, target.arch, carried, dict(target.base.lacks))
     assert not gaps, f"{target.slug}: pypa's images carry {', '.join(gaps)}; add them or say why in tests/contract.yaml"
     rendered = render_dockerfile(target)
     stages = {
@@ -103,7 +103,10 @@ def test_a_dropped_package_is_a_gap():
     carried = _image_packages(target)
     assert not contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried)
     assert contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried - {"libxcrypt-compat"}) == ["libxcrypt-compat"]
-    assert contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried - {"ncurses-libs"}) == ["ncurses"]
+    assert contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried - {"ncurses"}) == ["ncurses"]
+    # A package the base lacks, with its reason, is no gap; without the reason it is one.
+    assert not contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried - {"libnsl"}, {"libnsl": "UBI offers none"})
+    assert contract.pypa_package_gaps("dnf", "manylinux_2_34", "x86_64", carried - {"libnsl"}) == ["libnsl"]
 
 
 @pytest.mark.parametrize(("base", "epel"), [("almalinux8", True), ("almalinux9", True), ("ubi9", False), ("centos7", False)])
@@ -119,3 +122,20 @@ def test_epel_is_enabled_as_pypa_enables_it_and_yasm_comes_from_it(base, epel):
     assert ("epel-release" in runtime) == epel, base
     assert ("yasm" in final) == epel, base
     assert "yasm" not in runtime, "a package only users need belongs to the final stage (no interpreter rebuild)"
+
+
+def test_a_package_the_base_lacks_is_left_out_of_its_final_stage_only():
+    """UBI 9 offers no libnsl (images.yaml bases.ubi9.lacks): its image leaves it out; AlmaLinux 9's has it."""
+    ubi = render_dockerfile(resolve_target(SPEC, "manylinux_2_34", "x86_64", base="ubi9"))
+    alma = render_dockerfile(resolve_target(SPEC, "manylinux_2_34", "x86_64", base="almalinux9"))
+    assert "libnsl" not in ubi[ubi.index("AS final"):] and "libnsl" in alma[alma.index("AS final"):]
+
+
+def test_a_lacking_package_the_family_never_installs_is_refused(tmp_path):
+    """A name under `lacks` that the family's final stage does not install would silently do nothing."""
+    text = (ROOT / "images.yaml").read_text()
+    text = text.replace("      libnsl: \"UBI 9's", "      libnsll: \"UBI 9's", 1)
+    (tmp_path / "images.yaml").write_text(text)
+    spec = load_spec(tmp_path / "images.yaml")
+    with pytest.raises(SpecError, match=r"images.yaml: bases.ubi9.lacks.libnsll: not a package the dnf family's final stage installs"):
+        render_dockerfile(resolve_target(spec, "manylinux_2_34", "x86_64", base="ubi9"))
