@@ -18,7 +18,7 @@ import jinja2
 from manyforge import configure_answers
 from manyforge.arches import ARCHES, LLD_LINKS_SINCE, configure_build, python_multiarch
 from manyforge.quoting import template_environment
-from manyforge.sources import SourceCache, stage_files, wheel_pins
+from manyforge.sources import SourceCache, debian_mirror, debian_security_mirror, stage_files, wheel_pins
 from manyforge.spec import REPO_ROOT, LockedFile, SpecError
 from manyforge.target import DerivedTarget, Target
 
@@ -376,6 +376,19 @@ def sbom_input(target: Target) -> dict:
     }
 
 
+# The Debian roots' suites besides the release's own (their sources.list): its updates and its
+# security updates, which the runtime stage upgrades to and the image's users' apt sees.
+APT_UPDATES = "apt-updates.list"
+
+
+def apt_updates(suite: str, mirror: str, security: str) -> str:
+    """The sources.list.d file of a Debian root's <suite>-updates and <suite>-security."""
+    for url in (mirror, security):
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)*/?", url):
+            raise SpecError([f"Debian mirror {url[:100]!r}: not an http(s) address of host and path"])
+    return f"deb {mirror} {suite}-updates main\ndeb {security} {suite}-security main\n"
+
+
 def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
     """Write a complete build context for `target` into `dest` (replaced if present)."""
     if dest.exists():
@@ -392,6 +405,8 @@ def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
         (dest / "frontend" / tag / "requirements.txt").write_text(hashed_requirements(pins, f"frontend of {tag}"))
     (dest / "manylinux-interpreters.json").write_text(json.dumps(target.catalog(), indent=1) + "\n")
     (dest / "sbom-input.json").write_text(json.dumps(sbom_input(target), indent=1) + "\n")
+    if target.base.debootstrap:
+        (dest / APT_UPDATES).write_text(apt_updates(target.base.debootstrap, debian_mirror().url, debian_security_mirror().url))
     answers = recorded_answers(target)
     if answers:
         (dest / "configure-answers").mkdir()

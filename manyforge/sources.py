@@ -765,6 +765,20 @@ def debian_mirror() -> Address:
     return Address.parse(out.stdout.strip(), "the Debian mirror of the host's apt sources (or MANYFORGE_DEBIAN_MIRROR)")
 
 
+def debian_security_mirror() -> Address:
+    """The host's mirror of Debian's security archive (from its apt sources, or
+    MANYFORGE_DEBIAN_SECURITY_MIRROR): the Debian images install the release's security updates."""
+    try:
+        out = subprocess.run(
+            [str(REPO_ROOT / "scripts" / "debian-apt.sh"), "--print-security-mirror"], capture_output=True, text=True, check=False, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SourceError(f"cannot find a Debian security mirror in the host's apt sources: {_printable(str(exc))}") from None
+    if out.returncode != 0 or not out.stdout.strip():
+        raise SourceError(f"cannot find a Debian security mirror in the host's apt sources: {_printable(out.stderr.strip(), 500)}")
+    return Address.parse(out.stdout.strip(), "the Debian security mirror of the host's apt sources (or MANYFORGE_DEBIAN_SECURITY_MIRROR)")
+
+
 def debian_cpython_path(filename: str) -> str:
     """Debian ships python.org's tarball unchanged as the orig tarball of python3.X."""
     version = filename.removeprefix("Python-").removesuffix(".tgz").removesuffix(".tar.xz")

@@ -6,12 +6,38 @@
 #
 #   debian-apt.sh STATE_DIR SUITE[,SUITE...] apt-get|apt-cache ARGS...
 #   debian-apt.sh --print-mirror
+#   debian-apt.sh --print-security-mirror   the host's mirror of Debian's security archive
+#                                           (MANYFORGE_DEBIAN_SECURITY_MIRROR overrides it)
 #
 # MANYFORGE_APT_ARCHITECTURES=arm64,s390x indexes (and downloads) those dpkg architectures'
 # packages instead of the host's (one STATE_DIR per set of architectures).
 set -euo pipefail
 
-if [[ ${1:-} == --print-mirror ]]; then
+if [[ ${1:-} == --print-security-mirror ]]; then
+    # The URI of the host's sources that serve a <suite>-security suite (deb822, then one-line).
+    security=${MANYFORGE_DEBIAN_SECURITY_MIRROR:-$(
+        for file in /etc/apt/sources.list.d/*.sources; do
+            [[ -f $file ]] || continue
+            awk '
+                /^[[:space:]]*$/ { if (uri != "" && sec) { print uri; exit } uri=""; sec=0; next }
+                /^URIs:/ { uri=$2 }
+                /^Suites:/ { for (i = 2; i <= NF; i++) if ($i ~ /-security$/) sec=1 }
+                END { if (uri != "" && sec) print uri }
+            ' "$file"
+        done
+        for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+            [[ -f $file ]] || continue
+            awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { if ($(i + 1) ~ /-security$/) print $i; break } }' "$file"
+        done | head -n1
+    )}
+    security=$(printf '%s\n' "$security" | head -n1)
+    if [[ -z $security ]]; then
+        echo "error: no Debian security mirror in /etc/apt/sources* (a <suite>-security suite); set MANYFORGE_DEBIAN_SECURITY_MIRROR" >&2
+        exit 1
+    fi
+    echo "$security"
+    exit 0
+elif [[ ${1:-} == --print-mirror ]]; then
     print_only=1
 elif [[ $# -lt 4 ]] || [[ $3 != apt-get && $3 != apt-cache ]]; then
     echo "usage: $0 STATE_DIR SUITE[,SUITE...] apt-get|apt-cache ARGS..." >&2

@@ -91,6 +91,9 @@ setup_host() {
         [[ -n ${MANYFORGE_DEBIAN_MIRROR:-} ]] || die "a Debian base needs a Debian mirror: set the repository variable DEBIAN_MIRROR (the runner's apt sources are Ubuntu's)"
         [[ $MANYFORGE_DEBIAN_MIRROR =~ ^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)*/?$ ]] \
             || die "DEBIAN_MIRROR: expected an http(s) URL of a Debian mirror (host and path only)"
+        [[ -n ${MANYFORGE_DEBIAN_SECURITY_MIRROR:-} ]] || die "a Debian base installs its release's security updates: set the repository variable DEBIAN_SECURITY_MIRROR (a mirror of Debian's security archive)"
+        [[ $MANYFORGE_DEBIAN_SECURITY_MIRROR =~ ^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)*/?$ ]] \
+            || die "DEBIAN_SECURITY_MIRROR: expected an http(s) URL of a Debian security mirror (host and path only)"
     fi
     [[ $(id -u) -eq 0 ]] || die "$0 host must run as root (sudo): it installs packages"
     # The runner's engine and buildx are used as they are; never replaced.

@@ -399,3 +399,13 @@ def test_labels_follow_the_oci_annotation_keys(built_image):
     assert labels["io.manyforge.policy"] == target.image.policy
     assert labels["io.manyforge.arch"] == target.arch
     assert labels["io.manyforge.spec-digest"] == target.spec.revision
+
+
+def test_debian_images_take_the_release_s_updates(host, built_image):
+    """The Debian roots name only the release's suite; the image adds its -updates and -security
+    suites (their security updates installed when built, and a user's apt sees them)."""
+    target = built_image.target
+    if not target.base.debootstrap:
+        pytest.skip("not a Debian root: its distribution's own repositories, upgraded the same way")
+    suites = [line.split()[2] for line in host.file("/etc/apt/sources.list.d/updates.list").content_string.splitlines() if line.startswith("deb ")]
+    assert suites == [f"{target.base.debootstrap}-updates", f"{target.base.debootstrap}-security"]

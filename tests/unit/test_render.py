@@ -3,6 +3,7 @@ out of the final stage."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -14,7 +15,7 @@ from dockerfile_stages import stages
 
 from manyforge.arches import ARCHES
 from manyforge.render import packages_checks, render_dockerfile, write_packages_check
-from manyforge.spec import load_spec
+from manyforge.spec import SpecError, load_spec
 from manyforge.target import resolve_target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,3 +233,40 @@ def test_auditwheel_policy_is_spelled_as_pypa_spells_it():
     assert "AUDITWHEEL_POLICY=manylinux2014 " in old and "AUDITWHEEL_PLAT=manylinux2014_x86_64" in old
     new = render_dockerfile(resolve_target(SPEC, "manylinux_2_36", "x86_64"))
     assert "AUDITWHEEL_POLICY=manylinux_2_36 " in new and "AUDITWHEEL_PLAT=manylinux_2_36_x86_64" in new
+
+
+def test_every_family_upgrades_its_base_before_installing():
+    """As pypa's images: the base's packages upgraded (security updates included) in the runtime
+    stage, before its install; on Debian from the release's -updates and -security suites."""
+    for image in ("manylinux2014", "manylinux_2_28", "manylinux_2_34", "musllinux_1_2", "manylinux_2_36"):
+        text = render_dockerfile(resolve_target(SPEC, image, "x86_64"))
+        runtime = stages(text)["runtime"]
+        upgrade = next(m for m in ("yum update -y", "dnf upgrade -y", "apk upgrade", "apt-get upgrade -y") if m in runtime)
+        assert runtime.index(upgrade) < runtime.index("autoconf"), image  # the runtime packages' install
+    debian = stages(render_dockerfile(resolve_target(SPEC, "manylinux_2_36", "x86_64")))["runtime"]
+    assert "source=apt-updates.list" in debian and "/etc/apt/sources.list.d/updates.list" in debian
+
+
+def test_the_debian_updates_list_names_the_suites_and_refuses_anything_but_an_address():
+    from manyforge.render import apt_updates
+
+    text = apt_updates("bookworm", "http://mirror.example/debian", "https://security.example/debian-security")
+    assert text == "deb http://mirror.example/debian bookworm-updates main\ndeb https://security.example/debian-security bookworm-security main\n"
+    for bad in ("mirror.example/debian", "http://mirror.example/debian bookworm main\ndeb http://evil", "http://x/ [trusted=yes]"):
+        with pytest.raises(SpecError, match="not an http"):
+            apt_updates("bookworm", bad, "http://security.example/s")
+
+
+def test_the_security_mirror_comes_from_the_host_or_its_variable():
+    script = ROOT / "scripts" / "debian-apt.sh"
+    proc = subprocess.run([str(script), "--print-security-mirror"], capture_output=True, text=True, check=False,
+                          env=dict(os.environ, MANYFORGE_DEBIAN_SECURITY_MIRROR="http://security.example/debian-security"))  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, "http://security.example/debian-security\n")
+    host = subprocess.run([str(script), "--print-security-mirror"], capture_output=True, text=True, check=False,
+                          env={k: v for k, v in os.environ.items() if k != "MANYFORGE_DEBIAN_SECURITY_MIRROR"})  # fmt: skip
+    sources = " ".join(p.read_text() for p in Path("/etc/apt").rglob("sources.list*") if p.is_file())
+    sources += " ".join(p.read_text() for p in Path("/etc/apt/sources.list.d").glob("*.sources"))
+    if "-security" in sources:  # a Debian host: its own security mirror
+        assert host.returncode == 0 and host.stdout.strip().startswith("http") and host.stdout.strip() in sources
+    else:
+        assert host.returncode == 1 and "set MANYFORGE_DEBIAN_SECURITY_MIRROR" in host.stderr

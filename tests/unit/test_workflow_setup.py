@@ -27,7 +27,7 @@ def run(script: Path, args: list[str], os_release: str | None, tmp_path: Path, *
     path = tmp_path / "os-release"
     if os_release is not None:
         path.write_text(OS_RELEASES[os_release])
-    base = {k: v for k, v in os.environ.items() if k not in ("GITHUB_ACTIONS", "REGISTRY", "MANYFORGE_DEBIAN_MIRROR")}
+    base = {k: v for k, v in os.environ.items() if k not in ("GITHUB_ACTIONS", "REGISTRY", "MANYFORGE_DEBIAN_MIRROR", "MANYFORGE_DEBIAN_SECURITY_MIRROR")}
     return subprocess.run(
         ["bash", str(script), *args], env={**base, "MANYFORGE_OS_RELEASE": str(path), **env},
         capture_output=True, text=True, check=False, timeout=60, stdin=subprocess.DEVNULL,
@@ -71,6 +71,12 @@ def test_a_debian_base_on_a_runner_needs_the_mirror_variable(tmp_path):
     proc = run(SETUP_RUNNER, ["host", "--debootstrap"], "ubuntu2404", tmp_path, GITHUB_ACTIONS="true",
                MANYFORGE_DEBIAN_MIRROR="http://x.example/debian --no-check-gpg")  # fmt: skip
     assert proc.returncode == 1 and "expected an http(s) URL" in proc.stderr
+    proc = run(SETUP_RUNNER, ["host", "--debootstrap"], "ubuntu2404", tmp_path, GITHUB_ACTIONS="true",
+               MANYFORGE_DEBIAN_MIRROR="http://x.example/debian")  # fmt: skip
+    assert proc.returncode == 1 and "DEBIAN_SECURITY_MIRROR" in proc.stderr
+    proc = run(SETUP_RUNNER, ["host", "--debootstrap"], "ubuntu2404", tmp_path, GITHUB_ACTIONS="true",
+               MANYFORGE_DEBIAN_MIRROR="http://x.example/debian", MANYFORGE_DEBIAN_SECURITY_MIRROR="x.example; id")  # fmt: skip
+    assert proc.returncode == 1 and "DEBIAN_SECURITY_MIRROR: expected an http(s) URL" in proc.stderr
 
 
 def test_an_unknown_qemu_arch_is_refused(tmp_path):
