@@ -381,12 +381,12 @@ def sbom_input(target: Target) -> dict:
 APT_UPDATES = "apt-updates.list"
 
 
-def apt_updates(suite: str, mirror: str, security: str) -> str:
-    """The sources.list.d file of a Debian root's <suite>-updates and <suite>-security."""
-    for url in (mirror, security):
+def apt_updates(suite: str, mirror: str, security: str | None) -> str:
+    """The sources.list.d file of a Debian root's <suite>-updates and (unless None) <suite>-security."""
+    for url in (mirror, security or mirror):
         if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)*/?", url):
             raise SpecError([f"Debian mirror {url[:100]!r}: not an http(s) address of host and path"])
-    return f"deb {mirror} {suite}-updates main\ndeb {security} {suite}-security main\n"
+    return f"deb {mirror} {suite}-updates main\n" + (f"deb {security} {suite}-security main\n" if security else "")
 
 
 def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
@@ -406,7 +406,8 @@ def write_context(target: Target, cache: SourceCache, dest: Path) -> Path:
     (dest / "manylinux-interpreters.json").write_text(json.dumps(target.catalog(), indent=1) + "\n")
     (dest / "sbom-input.json").write_text(json.dumps(sbom_input(target), indent=1) + "\n")
     if target.base.debootstrap:
-        (dest / APT_UPDATES).write_text(apt_updates(target.base.debootstrap, debian_mirror().url, debian_security_mirror().url))
+        security = debian_security_mirror().url if target.base.security_suite else None
+        (dest / APT_UPDATES).write_text(apt_updates(target.base.debootstrap, debian_mirror().url, security))
     answers = recorded_answers(target)
     if answers:
         (dest / "configure-answers").mkdir()

@@ -300,6 +300,9 @@ class Base(_Model):
     # Packages of the family's final-stage list (pypa's, for users) this base's repositories do
     # not offer, each with the reason a reader can check; left out of the image and the contract.
     lacks: dict[Name, Annotated[str, StringConstraints(strict=True, min_length=10, max_length=300)]] = {}
+    # A Debian root's <suite>-security suite (its security updates), where the site's security
+    # mirror serves it; false only with the reason in images.yaml.
+    security_suite: StrictBool = True
     # Arches on which EPEL is enabled, from the release's own `epel-release` package, as in
     # pypa's images (which take yasm from it); the family's `epel_packages` come from there.
     epel: tuple[Arch, ...] = ()

@@ -252,6 +252,7 @@ def test_the_debian_updates_list_names_the_suites_and_refuses_anything_but_an_ad
 
     text = apt_updates("bookworm", "http://mirror.example/debian", "https://security.example/debian-security")
     assert text == "deb http://mirror.example/debian bookworm-updates main\ndeb https://security.example/debian-security bookworm-security main\n"
+    assert apt_updates("bullseye", "http://mirror.example/debian", None) == "deb http://mirror.example/debian bullseye-updates main\n"
     for bad in ("mirror.example/debian", "http://mirror.example/debian bookworm main\ndeb http://evil", "http://x/ [trusted=yes]"):
         with pytest.raises(SpecError, match="not an http"):
             apt_updates("bookworm", bad, "http://security.example/s")
