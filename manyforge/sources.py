@@ -752,31 +752,26 @@ class SourceCache:
 # --- CPython from Debian's source archive -----------------------------------------------------
 
 
+def _host_apt_mirror(flag: str, what: str, variable: str) -> Address:
+    """A mirror named by the host's apt sources (scripts/debian-apt.sh FLAG), or its variable."""
+    try:
+        out = subprocess.run([str(REPO_ROOT / "scripts" / "debian-apt.sh"), flag], capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SourceError(f"cannot find a {what} in the host's apt sources: {_printable(str(exc))}") from None
+    if out.returncode != 0 or not out.stdout.strip():
+        raise SourceError(f"cannot find a {what} in the host's apt sources: {_printable(out.stderr.strip(), 500)}")
+    return Address.parse(out.stdout.strip(), f"the {what} of the host's apt sources (or {variable})")
+
+
 def debian_mirror() -> Address:
     """The host's Debian mirror (from its apt sources, or MANYFORGE_DEBIAN_MIRROR)."""
-    try:
-        out = subprocess.run(
-            [str(REPO_ROOT / "scripts" / "debian-apt.sh"), "--print-mirror"], capture_output=True, text=True, check=False, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SourceError(f"cannot find a Debian mirror in the host's apt sources: {_printable(str(exc))}") from None
-    if out.returncode != 0 or not out.stdout.strip():
-        raise SourceError(f"cannot find a Debian mirror in the host's apt sources: {_printable(out.stderr.strip(), 500)}")
-    return Address.parse(out.stdout.strip(), "the Debian mirror of the host's apt sources (or MANYFORGE_DEBIAN_MIRROR)")
+    return _host_apt_mirror("--print-mirror", "Debian mirror", "MANYFORGE_DEBIAN_MIRROR")
 
 
 def debian_security_mirror() -> Address:
     """The host's mirror of Debian's security archive (from its apt sources, or
-    MANYFORGE_DEBIAN_SECURITY_MIRROR): the Debian images install the release's security updates."""
-    try:
-        out = subprocess.run(
-            [str(REPO_ROOT / "scripts" / "debian-apt.sh"), "--print-security-mirror"], capture_output=True, text=True, check=False, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SourceError(f"cannot find a Debian security mirror in the host's apt sources: {_printable(str(exc))}") from None
-    if out.returncode != 0 or not out.stdout.strip():
-        raise SourceError(f"cannot find a Debian security mirror in the host's apt sources: {_printable(out.stderr.strip(), 500)}")
-    return Address.parse(out.stdout.strip(), "the Debian security mirror of the host's apt sources (or MANYFORGE_DEBIAN_SECURITY_MIRROR)")
+    MANYFORGE_DEBIAN_SECURITY_MIRROR), for a Debian root's <suite>-security suite."""
+    return _host_apt_mirror("--print-security-mirror", "Debian security mirror", "MANYFORGE_DEBIAN_SECURITY_MIRROR")
 
 
 def debian_cpython_path(filename: str) -> str:
