@@ -83,15 +83,30 @@ def build_packages(target: Target, cross: bool = False) -> list[str]:
     replaced = {p for lib in target.base.libraries for p in family["library_packages"][lib]["replaces"]}
     replaced |= set() if cross else set(family["runtime_packages"])
     needed = [p for lib in target.base.libraries for p in family["library_packages"][lib]["needs"]]
-    # Tools built from source: what their build needs (git: libcurl's headers), and the
-    # distribution's development package a from-source one replaces (Tk 8.5's, so that
-    # CPython's tkinter can only find the built Tk 8.6).
+    # Tcl/Tk, built before the interpreters: what their build needs, and the distribution's
+    # development package a from-source one replaces (Tk 8.5's, so that CPython's tkinter can
+    # only find the built Tk 8.6). The other tools build in their own stage (tool_packages).
     tool_packages = family.get("source_tool_packages", {})
     for tool in target.base.source_tools:
-        replaced |= set(tool_packages.get(tool, {}).get("replaces", []))
-        needed += tool_packages.get(tool, {}).get("needs", [])
+        if tool in BEFORE_INTERPRETERS:
+            replaced |= set(tool_packages.get(tool, {}).get("replaces", []))
+            needed += tool_packages.get(tool, {}).get("needs", [])
     packages = [p for p in family["build_packages"] if p not in replaced]
     return packages + [p for p in dict.fromkeys(needed) if p not in packages]
+
+
+# From-source tools the interpreters build against (tkinter links Tk): built before them, in the
+# build stage's packages. The rest build after, in the source_tools stage, for the final image.
+BEFORE_INTERPRETERS = ("tcl", "tk")
+
+
+def tool_packages(target: Target, arch_suffix: str = "") -> list[str]:
+    """What the source_tools stage installs for its builds (git: libcurl's headers), kept out of
+    the build stage so that adding a tool never rebuilds an interpreter; `arch_suffix` (":s390x")
+    names the target's own where the stage cross-compiles with multiarch packages."""
+    packages = vars(family_layer(target.base.family)).get("source_tool_packages", {})
+    needed = [p for t in target.base.source_tools if t not in BEFORE_INTERPRETERS for p in packages.get(t, {}).get("needs", [])]
+    return [p + arch_suffix for p in dict.fromkeys(needed)]
 
 
 def toolchain_fixes(target: Target) -> list[str]:
@@ -133,6 +148,9 @@ def declared_packages(target: Target, final: bool = True) -> list[str]:
     the final stage's with final=False: the stages a cross build's native leg runs)."""
     family = vars(family_layer(target.base.family))
     packages = [*family["runtime_packages"], *target.base.packages, *target.toolchain.packages, *build_packages(target)]
+    # The source_tools stage's (a stage of the final image only): on the target's platform unless
+    # it cross-compiles them (multiarch), where packages_checks asks for them.
+    packages += tool_packages(target) if final and not (target.cross_compiles and family.get("cross_multiarch")) else []
     packages += final_packages(target) if final else []
     return list(dict.fromkeys(packages))
 
@@ -147,7 +165,7 @@ def packages_checks(target: Target) -> list[tuple[Target, list[str], list[str] |
     if target.cross_compiles:
         cross = cross_compiler(target)
         native = target.native()
-        checks.append((native, list(dict.fromkeys([*declared_packages(native, final=False), *cross["packages"]])), cross["setup"]))
+        checks.append((native, list(dict.fromkeys([*declared_packages(native, final=False), *cross["packages"], *cross["tool_packages"]])), cross["setup"]))
     return checks
 
 
@@ -190,8 +208,12 @@ def stage_context(target: Target) -> dict:
         "libraries": target.library_builds(),
         # From-source tools: Tcl/Tk build before the interpreters (tkinter links them), the
         # rest after, for the final image only.
-        "tcltk": [t for t in target.tool_builds() if t["name"] in ("tcl", "tk")],
-        "tools": [t for t in target.tool_builds() if t["name"] not in ("tcl", "tk")],
+        "tcltk": [t for t in target.tool_builds() if t["name"] in BEFORE_INTERPRETERS],
+        "tools": [t for t in target.tool_builds() if t["name"] not in BEFORE_INTERPRETERS],
+        "tool_packages": tool_packages(target),
+        # Newer Debian packages over the release's own (pypa's autotools), final stage only.
+        "debian_tools": target.debian_tool_files(),
+        "debian_tool_paths": [f"/build/debs/{d['filename']}" for d in target.debian_tool_files()],
         # /usr/local/lib in the loader's path from the runtime stage on where a stage installs Tk
         # there (glibc; musl's loader looks there itself); the final stage's finalize.sh writes it on every glibc image.
         "usr_local_loader": target.image.libc.name == "glibc" and any(t["name"] == "tk" for t in target.tool_builds()),
@@ -222,7 +244,7 @@ def cross_compiler(target: Target) -> dict:
     gnu = ARCHES[target.arch].gnu_triplet
     host = python_multiarch(target.arch, libc, (3, 99)) if libc == "musl" else gnu
     multiarch = bool(family.get("cross_multiarch"))
-    out: dict = {"host": host, "sysroot_stage": not multiarch, "setup": None, "packages": [], "no_multiarch": False, "unpack": None}
+    out: dict = {"host": host, "sysroot_stage": not multiarch, "setup": None, "packages": [], "tool_packages": [], "no_multiarch": False, "unpack": None}
     if multiarch:
         arch = ARCHES[target.arch].debian
         out["setup"] = ["dpkg", "--add-architecture", arch]
@@ -230,6 +252,8 @@ def cross_compiler(target: Target) -> dict:
         family_libs = family["library_packages"]
         host_tools = {p for lib in target.base.libraries for p in family_libs[lib]["needs"]}
         out["packages"] = [f"{p}:{arch}" for p in ["libc6-dev", *build_packages(target, cross=True)] if p not in host_tools]
+        # The from-source tools cross-compile here too (source_tools), with the target's packages.
+        out["tool_packages"] = tool_packages(target, f":{arch}")
     if target.toolchain.cross:
         version = target.toolchain.cross.rsplit("-", 1)[-1]
         # Debian's package names spell the triplet with `-` for `_` (gcc-12-x86-64-linux-gnu, the

@@ -474,6 +474,12 @@ def source_tool_pins(spec: Spec, names: Iterable[str]) -> list[Pin]:
     return [Pin(tools[n].filename, tools[n].sha256, tools[n].url, tools[n].debian) for n in names]  # type: ignore[index]
 
 
+def debian_tool_pins(spec: Spec, names: Iterable[str], arch: str) -> list[Pin]:
+    """The .deb of each newer Debian package (images.yaml `debian_tools`) for one arch."""
+    files = [spec.data.debian_tools[n].file_for(arch) for n in names]  # type: ignore[index]
+    return [Pin(f.filename, f.sha256, None, f.debian) for f in files if f is not None]
+
+
 def git_lfs_pins(spec: Spec, arches: Iterable[str]) -> list[Pin]:
     """git-lfs's release archive for each arch (images.yaml `git_lfs`)."""
     files = spec.data.git_lfs.files if spec.data.git_lfs else {}

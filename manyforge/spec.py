@@ -126,6 +126,17 @@ HttpsUrl = Annotated[
 DebianPoolPath = Annotated[
     str, StringConstraints(strict=True, pattern=r"^pool/main/[a-z0-9]+/[a-z0-9][a-z0-9.+-]*/[A-Za-z0-9][A-Za-z0-9._+~-]*\.tar\.(gz|xz|bz2)$")
 ]
+# A binary package in Debian's archive: pool/main/<prefix>/<source>/<name>_<version>_<arch>.deb
+# (the version without its epoch, as Debian's file names spell it).
+DebianDebPath = Annotated[
+    str,
+    StringConstraints(
+        strict=True,
+        pattern=r"^pool/main/[a-z0-9]+/[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*_[0-9][A-Za-z0-9.+~-]*_(all|amd64|i386|arm64|armhf|ppc64el|s390x|riscv64)\.deb$",
+    ),
+]
+# A Debian package version: [epoch:]upstream-revision (2.73-2, 1:1.19-3).
+DebianVersion = Annotated[str, StringConstraints(strict=True, max_length=60, pattern=r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*-[A-Za-z0-9.+~]+$")]
 # The libraries docker/scripts/build-library.sh knows how to build.
 LibraryName = Literal["openssl", "sqlite", "zstd"]
 # The tools docker/scripts/build-tool.sh knows how to build, in the order a base builds them
@@ -154,6 +165,43 @@ class LibrarySource(_Model):
     @property
     def filename(self) -> str:
         return (self.url or self.debian or "").rsplit("/", 1)[1]
+
+
+class DebianFile(_Model):
+    debian: DebianDebPath
+    sha256: Sha256
+
+    @property
+    def filename(self) -> str:
+        return self.debian.rsplit("/", 1)[1]
+
+
+class DebianTool(_Model):
+    """A package of a newer Debian suite that the Debian bases install over their release's own
+    (`debian_tools`): pinned by the sha256 its suite's Packages index gives the .deb, one file
+    for every arch (`all`: architecture-independent) or one per arch."""
+
+    version: DebianVersion
+    files: dict[Literal["all"] | Arch, DebianFile] = Field(min_length=1)
+
+    @property
+    def upstream(self) -> str:
+        """The upstream release the package carries (1:1.19-3 carries 1.19)."""
+        return self.version.split(":", 1)[-1].rsplit("-", 1)[0]
+
+    @model_validator(mode="after")
+    def _one_version(self) -> DebianTool:
+        if "all" in self.files and len(self.files) > 1:
+            raise ValueError("files: an architecture-independent package has the one file 'all'")
+        plain = self.version.split(":", 1)[-1]
+        for key, f in self.files.items():
+            arch = "all" if key == "all" else ARCHES[key].debian
+            if not f.filename.endswith(f"_{plain}_{arch}.deb"):
+                raise ValueError(f"files.{key}: {f.filename} is not version {plain} for {arch}")
+        return self
+
+    def file_for(self, arch: str) -> DebianFile | None:
+        return self.files.get("all") or self.files.get(arch)  # type: ignore[call-overload]
 
 
 class Interpreter(_Model):
@@ -295,6 +343,10 @@ class Base(_Model):
     source_tools: tuple[SourceToolName, ...] = ()
     # git-lfs from its release archive (`git_lfs`), where the distribution packages none.
     git_lfs_release: StrictBool = False
+    # Packages of a newer Debian suite installed in the final stage over the release's own
+    # (`debian_tools`): pypa's autotools where the release's are older and upstream's
+    # source is not reachable here.
+    debian_tools: tuple[Name, ...] = ()
     # Repositories to enable before installing (e.g. CodeReady Builder, which has gdbm-devel).
     repositories: tuple[Name, ...] = ()
     # Packages of the family's final-stage list (pypa's, for users) this base's repositories do
@@ -618,6 +670,8 @@ class SpecFile(_Model):
     # Tools built from source for bases whose own are older than pypa's (Base.source_tools).
     source_tools: dict[SourceToolName, LibrarySource] = {}
     git_lfs: GitLfs | None = None
+    # Newer Debian packages for the Debian bases (Base.debian_tools).
+    debian_tools: dict[Name, DebianTool] = {}
     # The cross stages' compiler where a base chooses `cross_compiler: static-clang`.
     static_clang: StaticClang | None = None
     interpreters: dict[Annotated[str, StringConstraints(pattern=r"^cp3[0-9]+-cp3[0-9]+t?$")], Interpreter]
@@ -927,7 +981,7 @@ def _format_pydantic(
 # --- cross-references -----------------------------------------------------------------------
 
 # Keys only some package-manager families read: set on another family, they would be ignored.
-_FAMILY_KEYS = {"repositories": ("dnf",), "mirror": ("yum",), "epel": ("dnf",)}
+_FAMILY_KEYS = {"repositories": ("dnf",), "mirror": ("yum",), "epel": ("dnf",), "debian_tools": ("apt",)}
 
 
 def _downloadable_problems(tag: str, entry: Downloadable) -> list[str]:
@@ -1030,6 +1084,17 @@ def _cross_check(
             needed = SOURCE_TOOL_NEEDS.get(built)
             if needed and needed not in declared.source_tools:
                 problems.append(f"{f}: bases.{base_name}.source_tools[{i}]: {built} is built against {needed}: list {needed} too")
+        for i, name in enumerate(declared.debian_tools):
+            tool = spec.debian_tools.get(name)
+            if tool is None:
+                problems.append(
+                    f"{f}: bases.{base_name}.debian_tools[{i}]: {name!r} has no pinned package under debian_tools; "
+                    f"pinned: {', '.join(spec.debian_tools) or 'none'}"
+                )
+                continue
+            missing = [a for a in declared.archs if tool.file_for(a) is None]
+            if missing:
+                problems.append(f"{f}: bases.{base_name}.debian_tools[{i}]: debian_tools.{name}.files has no package for {', '.join(missing)}")
         if declared.git_lfs_release:
             missing = [a for a in declared.archs if spec.git_lfs is None or a not in spec.git_lfs.files]
             if missing:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from manyforge.arches import ARCHES, BUILD_HOSTS, host_arch, runs_natively
 from manyforge.parent import DerivedLock, ParentFacts, facts_for
-from manyforge.sources import Pin, cpython_pin, git_lfs_pins, library_pins, source_tool_pins, static_clang_pins
+from manyforge.sources import Pin, cpython_pin, debian_tool_pins, git_lfs_pins, library_pins, source_tool_pins, static_clang_pins
 from manyforge.spec import SOURCE_TOOL_ORDER, Base, Derived, DownloadFile, Image, Spec, SpecError, Toolchain, package_name_problems
 
 
@@ -184,7 +184,19 @@ class Target:
     def tool_pins(self) -> list[Pin]:
         """The base's from-source tools and, where it takes it from the release, git-lfs for this arch."""
         lfs = git_lfs_pins(self.spec, [self.arch]) if self.base.git_lfs_release else []
-        return source_tool_pins(self.spec, [t["name"] for t in self.tool_builds()]) + lfs
+        debs = debian_tool_pins(self.spec, self.base.debian_tools, self.arch)
+        return source_tool_pins(self.spec, [t["name"] for t in self.tool_builds()]) + lfs + debs
+
+    def debian_tool_files(self) -> list[dict[str, str]]:
+        """The newer Debian packages the final stage installs (Base.debian_tools) for this arch:
+        name, version (Debian's), upstream release, .deb file, sha256."""
+        out = []
+        for name in self.base.debian_tools:
+            tool = self.spec.data.debian_tools[name]  # type: ignore[index]
+            f = tool.file_for(self.arch)
+            assert f is not None  # the spec's check: every arch of the base has one
+            out.append({"name": name, "version": tool.version, "upstream": tool.upstream, "filename": f.filename, "sha256": f.sha256})
+        return out
 
     def tool_builds(self) -> list[dict[str, str]]:
         """The base's from-source tools in build order (spec.SOURCE_TOOL_ORDER): name, version, source file."""

@@ -8,7 +8,13 @@
 #
 # NAME: curl, git, autoconf, automake, libtool, tcl, tk, git-lfs. curl is built for git only:
 # static, with the interpreters' from-source OpenSSL, in a prefix of the stage (never shipped).
+# With MANYFORGE_CROSS set (a cross stage; /build/cross-env.sh), git is cross-compiled for that
+# target with its compiler and the target's development packages (Debian multiarch).
 set -euo pipefail
+if [[ -n ${MANYFORGE_CROSS:-} ]]; then
+    # shellcheck source=docker/scripts/cross-env.sh
+    source "$(dirname "${BASH_SOURCE[0]}")/cross-env.sh"
+fi
 
 name=$1 source=$2 destdir=$3
 work=$(mktemp -d)
@@ -65,6 +71,13 @@ case "$name" in
         fi
         if [ -z "$glibc" ]; then
             args+=(NO_REGEX=NeedsStartEnd)  # musl's regcomp lacks REG_STARTEND
+        fi
+        if [[ -n ${MANYFORGE_CROSS:-} ]]; then
+            # git's Makefile names its own cc and ar: the target's, from cross-env.sh. The build
+            # host's curl-config would describe the host's libcurl: the target's is linked by
+            # name, and `git version --build-options` names the target's CPU.
+            [[ $name == git ]] || { echo "build-tool.sh: only git is cross-compiled" >&2; exit 1; }
+            args+=(CC="$CC" AR="$AR" STRIP="$STRIP" CURL_LDFLAGS=-lcurl CURL_CONFIG=false USE_CURL_FOR_IMAP_SEND=YesPlease "HOST_CPU=${MANYFORGE_CROSS%%-*}")
         fi
         if glibc_before_2_25; then
             args+=(CSPRNG_METHOD=urandom NO_UNCOMPRESS2=1)  # CentOS 7: no getrandom(), zlib 1.2.7

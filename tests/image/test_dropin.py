@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from consumer import gaps, wanted
+from packaging.version import Version
 
 from manyforge import engine
 from manyforge.contract_table import load_contract
@@ -252,17 +253,30 @@ def _first_version(text: str) -> str:
 
 def test_build_tools_are_the_declared_ones(host, built_image):
     """git and the autotools: where the base builds them from source, the pinned release in
-    /usr/local/bin, first on PATH; where it keeps its release's (tests/contract.yaml
-    release_tools), that release's version."""
+    /usr/local/bin, first on PATH; where it installs a newer Debian suite's package
+    (debian_tools), that package, as dpkg records it, in /usr/bin; where it keeps its
+    release's (tests/contract.yaml release_tools), that release's version. Never older than
+    pypa's (tests/contract.yaml pypa_versions, from pypa's Dockerfile)."""
     target = built_image.target
     commands = {"git": "git --version", "autoconf": "autoconf --version", "automake": "automake --version",
                 "libtool": "libtoolize --version"}  # fmt: skip
-    kept = load_contract().release_tools.get(target.base_name, {})
+    contract = load_contract()
+    kept = contract.release_tools.get(target.base_name, {})
     for tool, command in commands.items():
         version = _first_version(run(host, command))
+        if tool in target.base.source_tools or tool in target.base.debian_tools:
+            assert Version(version) >= Version(contract.pypa_versions[tool]), (tool, version)
         if tool in target.base.source_tools:
             assert version == target.spec.data.source_tools[tool].version, (tool, version)
             assert run(host, f"command -v {command.split()[0]}") == f"/usr/local/bin/{command.split()[0]}"
+        elif tool in target.base.debian_tools:
+            package = target.spec.data.debian_tools[tool]
+            assert version == package.upstream, (tool, version)
+            assert run(host, f"command -v {command.split()[0]}") == f"/usr/bin/{command.split()[0]}"
+            assert run(host, f"dpkg-query -W -f '${{Version}}' {tool}") == package.version
+            if tool == "libtool" and "libtool-bin" in target.base.debian_tools:
+                # The `libtool` command of the same release as libtoolize and its macros.
+                assert _first_version(run(host, "libtool --version")) == package.upstream
         else:
             assert tool in kept, f"{tool}: neither built from source nor declared kept for {target.base_name}"
             assert version == kept[tool] or version.startswith(kept[tool] + "."), (tool, version, kept[tool])

@@ -36,14 +36,17 @@ def tool_runs(stage_text: str) -> list[tuple[str, str]]:
 
 def test_every_base_builds_or_declares_its_build_tools():
     """No base carries git or an autotool older than pypa's unless tests/contract.yaml says
-    that it keeps its release's, and why; a built one is never older than pypa's."""
-    assert CONTRACT.release_tools_why.strip()
+    that it keeps its release's, and why; a built one, or one from a newer Debian suite's
+    package, is never older than pypa's (tests/contract.yaml pypa_versions, read from pypa's
+    Dockerfile)."""
+    assert CONTRACT.release_tools_why.strip() or not CONTRACT.release_tools
     for name, base in SPEC.data.bases.items():
         for tool in BUILD_TOOLS:
-            if tool in base.source_tools:
-                pinned = SPEC.data.source_tools[tool].version
+            assert not (tool in base.source_tools and tool in base.debian_tools), f"{name}: {tool} both built and installed as a package"
+            if tool in base.source_tools or tool in base.debian_tools:
+                pinned = SPEC.data.source_tools[tool].version if tool in base.source_tools else SPEC.data.debian_tools[tool].upstream
                 assert Version(pinned) >= Version(CONTRACT.pypa_versions[tool]), (name, tool, pinned)
-                assert tool not in CONTRACT.release_tools.get(name, {}), f"{name}: {tool} both built and kept"
+                assert tool not in CONTRACT.release_tools.get(name, {}), f"{name}: {tool} both provided and kept"
             else:
                 kept = CONTRACT.release_tools.get(name, {}).get(tool)
                 assert kept, f"{name}: {tool} is neither built from source nor declared kept in tests/contract.yaml"
@@ -77,9 +80,56 @@ def test_rendered_dockerfile_builds_the_base_s_tools_from_their_pins(target):
     if "curl" in built:
         assert built.index("curl") < built.index("git")
         assert "for git's build only: static, not shipped" in parts["source_tools"]
-    # What git's build needs of the family (libcurl's headers where the release's libcurl is new enough).
+    # What git's build needs of the family (libcurl's headers where the release's libcurl is new
+    # enough) is installed in the source_tools stage, never in the build stage the interpreters
+    # start from: adding a tool must not rebuild an interpreter.
     needs = vars(family_layer(target.base.family)).get("source_tool_packages", {}).get("git", {}).get("needs", [])
-    assert set(needs) <= set(build_packages(target))
+    if "git" in built and needs:
+        assert not set(needs) & set(build_packages(target)), needs
+        install = parts["source_tools"].split("bash /build/build-tool.sh")[0]
+        for p in needs:
+            # Cross-compiled with multiarch packages (Debian): the target's own, e.g. libcurl4-openssl-dev:s390x.
+            assert re.search(rf"\s{re.escape(p)}(:[a-z0-9]+)?\s", install), (p, install)
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.base.family == "apt"], ids=lambda t: t.slug)
+def test_debian_images_build_git_natively_or_cross_compiled_never_under_qemu(target):
+    """The Debian images' git: from the build stage natively, and on a cross-built arch in a
+    stage of the cross environment (the target's gcc, its libcurl as a multiarch package), so no
+    compile of it runs under QEMU; the image's `git --version --build-options` names the target's CPU."""
+    parts = stages(render_dockerfile(target))
+    tools = parts["source_tools"]
+    debian_arch = {"x86_64": "amd64", "i686": "i386", "aarch64": "arm64", "armv7l": "armhf", "ppc64le": "ppc64el"}.get(target.arch, target.arch)
+    if target.cross_compiles:
+        assert tools.startswith("FROM cross AS source_tools")
+        assert f"libcurl4-openssl-dev:{debian_arch}" in tools
+        assert "MANYFORGE_CROSS=" in tools and "target=/build/cross-env.sh" in tools
+    else:
+        assert not tools.startswith("FROM cross") and "MANYFORGE_CROSS=" not in tools
+        assert re.search(r"\slibcurl4-openssl-dev\s", tools)
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.slug)
+def test_newer_debian_packages_install_from_their_pins(target):
+    """debian_tools: each .deb the final stage installs is the one pinned for the arch (or `all`),
+    staged into the context by its sha256, mounted and installed by path; nothing elsewhere."""
+    text = render_dockerfile(target)
+    parts = stages(text)
+    names = target.base.debian_tools
+    if not names:
+        assert "/build/debs/" not in text
+        return
+    final = parts["final"]
+    staged = {p.filename: p for p in target.source_pins()}
+    for name in names:
+        f = SPEC.data.debian_tools[name].file_for(target.arch)
+        assert f is not None and f.filename in staged and staged[f.filename].sha256 == f.sha256
+        assert f.filename.endswith(("_all.deb", f"_{ {'x86_64': 'amd64', 'i686': 'i386', 'aarch64': 'arm64', 'armv7l': 'armhf', 'ppc64le': 'ppc64el'}.get(target.arch, target.arch)}.deb"))
+        assert f"source=sources/{f.filename},target=/build/debs/{f.filename}" in final
+        assert f"/build/debs/{f.filename}" in final.split("apt-get install", 1)[1]
+        assert f"sha256 {f.sha256}" in final
+    # After the source_tools copy, before finalize.sh (whose SBOM then lists their versions).
+    assert final.index("/build/debs/") < final.index("finalize.sh")
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.slug)
