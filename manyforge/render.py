@@ -96,8 +96,10 @@ def build_packages(target: Target, cross: bool = False) -> list[str]:
 
 
 # From-source tools the interpreters build against (tkinter links Tk): built before them, in the
-# build stage's packages. The rest build after, in the source_tools stage, for the final image.
+# build stage's packages. libxcrypt replaces the release's libcrypt for everything, in the
+# runtime stage itself. The rest build after, in the source_tools stage, for the final image.
 BEFORE_INTERPRETERS = ("tcl", "tk")
+IN_RUNTIME = ("libxcrypt",)
 
 
 def tool_packages(target: Target, arch_suffix: str = "") -> list[str]:
@@ -105,7 +107,7 @@ def tool_packages(target: Target, arch_suffix: str = "") -> list[str]:
     the build stage so that adding a tool never rebuilds an interpreter; `arch_suffix` (":s390x")
     names the target's own where the stage cross-compiles with multiarch packages."""
     packages = vars(family_layer(target.base.family)).get("source_tool_packages", {})
-    needed = [p for t in target.base.source_tools if t not in BEFORE_INTERPRETERS for p in packages.get(t, {}).get("needs", [])]
+    needed = [p for t in target.base.source_tools if t not in BEFORE_INTERPRETERS + IN_RUNTIME for p in packages.get(t, {}).get("needs", [])]
     return [p + arch_suffix for p in dict.fromkeys(needed)]
 
 
@@ -208,8 +210,9 @@ def stage_context(target: Target) -> dict:
         "libraries": target.library_builds(),
         # From-source tools: Tcl/Tk build before the interpreters (tkinter links them), the
         # rest after, for the final image only.
+        "runtime_tools": [t for t in target.tool_builds() if t["name"] in IN_RUNTIME],
         "tcltk": [t for t in target.tool_builds() if t["name"] in BEFORE_INTERPRETERS],
-        "tools": [t for t in target.tool_builds() if t["name"] not in BEFORE_INTERPRETERS],
+        "tools": [t for t in target.tool_builds() if t["name"] not in BEFORE_INTERPRETERS + IN_RUNTIME],
         "tool_packages": tool_packages(target),
         # Newer Debian packages over the release's own (pypa's autotools), final stage only.
         "debian_tools": target.debian_tool_files(),
@@ -217,7 +220,7 @@ def stage_context(target: Target) -> dict:
         # /usr/local/lib in the loader's path from the runtime stage on where a stage installs Tk
         # there (glibc; musl's loader looks there itself); the final stage's finalize.sh writes it on every glibc image.
         "usr_local_loader": target.image.libc.name == "glibc" and any(t["name"] == "tk" for t in target.tool_builds()),
-        "tools_shipped": ", ".join(f"{t['name']} {t['version']}" for t in target.tool_builds() if t["name"] not in ("tcl", "tk", "curl")),
+        "tools_shipped": ", ".join(f"{t['name']} {t['version']}" for t in target.tool_builds() if t["name"] not in ("tcl", "tk", "curl", *IN_RUNTIME)),
         "git_lfs": target.git_lfs_file(),
         "configure_build": configure_build(target.arch, target.image.libc.name),
         # A 32-bit target on the 64-bit host of its own CPU family: every step under linux32.

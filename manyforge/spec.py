@@ -141,9 +141,10 @@ DebianVersion = Annotated[str, StringConstraints(strict=True, max_length=60, pat
 LibraryName = Literal["openssl", "sqlite", "zstd"]
 # The tools docker/scripts/build-tool.sh knows how to build, in the order a base builds them
 # (curl before the git that links it, autoconf before automake, Tcl before Tk): tools users
-# call, or (Tcl/Tk) link against, that a base packages older than pypa's images carry them.
-SOURCE_TOOL_ORDER = ("curl", "git", "autoconf", "automake", "libtool", "tcl", "tk")
-SourceToolName = Literal["curl", "git", "autoconf", "automake", "libtool", "tcl", "tk"]
+# call, or (Tcl/Tk, libxcrypt) link against, that a base packages older than pypa's images
+# carry them. libxcrypt replaces the release's libcrypt in the runtime stage itself.
+SOURCE_TOOL_ORDER = ("libxcrypt", "curl", "git", "autoconf", "automake", "libtool", "tcl", "tk")
+SourceToolName = Literal["libxcrypt", "curl", "git", "autoconf", "automake", "libtool", "tcl", "tk"]
 # Tools one needs the other of, in the same base: Tk's build reads Tcl's tclConfig.sh.
 SOURCE_TOOL_NEEDS = {"tk": "tcl"}
 

@@ -6,7 +6,7 @@
 #
 #   build-tool.sh NAME SOURCE-FILE DESTDIR
 #
-# NAME: curl, git, autoconf, automake, libtool, tcl, tk, git-lfs. curl is built for git only:
+# NAME: libxcrypt, curl, git, autoconf, automake, libtool, tcl, tk, git-lfs. curl is built for git only:
 # static, with the interpreters' from-source OpenSSL, in a prefix of the stage (never shipped).
 # With MANYFORGE_CROSS set (a cross stage; /build/cross-env.sh), git is cross-compiled for that
 # target with its compiler and the target's development packages (Debian multiarch).
@@ -87,6 +87,34 @@ case "$name" in
         make -j"$jobs" "${args[@]}" CPPFLAGS="$cppflags" CFLAGS="$cflags" LDFLAGS="$ldflags" all >/dev/null
         make "${args[@]}" CPPFLAGS="$cppflags" CFLAGS="$cflags" LDFLAGS="$ldflags" DESTDIR="$destdir" install >/dev/null
         ;;
+    libxcrypt)
+        # Into / only (the runtime stage): it takes the place of the release's libcrypt.
+        [ "$destdir" = / ] || { echo "build-tool.sh: libxcrypt replaces the release's libcrypt: DESTDIR must be /" >&2; exit 1; }
+        unpack
+        # libcrypt.so.2, crypt.h and libcrypt.so for what is built here: the current API only.
+        standard_install --disable-obsolete-api --enable-hashes=all --disable-werror
+        # libcrypt.so.1 for the release's own programs, linked against glibc's: its obsolete API
+        # under glibc's symbol versions only. The version map is edited so that no XCRYPT_*
+        # version node is defined and OW_CRYPT_1.0 chains to nothing.
+        make distclean >/dev/null
+        sed -E -i -e 's/XCRYPT_[0-9][0-9.]*/-/g' -e 's/^(%chain[[:space:]]+OW_CRYPT_1\.0)[[:space:]].*$/\1/' lib/libcrypt.map.in
+        compat=$work/compat
+        ./configure --prefix=/usr/local --disable-xcrypt-compat-files --enable-obsolete-api=glibc --enable-hashes=all \
+            --disable-werror CPPFLAGS="$cppflags" CFLAGS="$cflags" LDFLAGS="$ldflags" >/dev/null
+        make -j"$jobs" >/dev/null
+        make install DESTDIR="$compat" >/dev/null
+        cp -P "$compat"/usr/local/lib/libcrypt.so.1* /usr/local/lib/
+        # The release's libcrypt goes: header, static and shared libraries (glibc's libcrypt-2.17.so).
+        rm -f /usr/include/crypt.h
+        find /lib /lib64 /usr/lib /usr/lib64 -maxdepth 1 \( -name libcrypt.a -o -name libcrypt.so -o -name 'libcrypt.so.*' -o -name 'libcrypt-2.*.so' \) -delete
+        ldconfig
+        # The loader now finds both in /usr/local/lib (00-manylinux.conf), nothing of glibc's.
+        [ "$(ldconfig -p | grep -c 'libcrypt\.so\.[12] .*=> /usr/local/lib/')" = 2 ] || { ldconfig -p | grep libcrypt >&2; exit 1; }
+        if ldconfig -p | grep 'libcrypt\.so' | grep -v '=> /usr/local/lib/' >&2; then
+            echo "build-tool.sh: the release's libcrypt is still in the loader's cache" >&2
+            exit 1
+        fi
+        ;;
     autoconf | libtool)
         unpack
         standard_install
@@ -137,6 +165,7 @@ fi
 hash -r
 case "$name" in
     curl) ;;
+    libxcrypt) ls -l /usr/local/lib/libcrypt.so.[12] ;;
     git) git --version ;;
     autoconf) autoconf --version | head -1 ;;
     automake) automake --version | head -1 ;;

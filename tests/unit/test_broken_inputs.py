@@ -173,9 +173,9 @@ SPEC_CASES = [
                                     "    version: \"8.6.18\"\n    url: https://prdownloads.sourceforge.net/tcl/tk8.6.18-src.tar.gz\n"
                                     "    debian: pool/main/t/tk8.6/tk8.6_8.6.18.orig.tar.gz\n"
                                     "    sha256: 95cd528a80f5e4bdb557af9b14a7197d6860793a3894e25e7c9fad2ed05d4c3c\n", ""),
-     "bases.centos7.source_tools[6]: 'tk' has no pinned source under source_tools"),
-    ("tk-without-tcl", edit("source_tools: [curl, git, autoconf, automake, libtool, tcl, tk]", "source_tools: [curl, git, autoconf, automake, libtool, tk]"),
-     "bases.centos7.source_tools[5]: tk is built against tcl: list tcl too"),
+     "bases.centos7.source_tools[7]: 'tk' has no pinned source under source_tools"),
+    ("tk-without-tcl", edit("source_tools: [libxcrypt, curl, git, autoconf, automake, libtool, tcl, tk]", "source_tools: [libxcrypt, curl, git, autoconf, automake, libtool, tk]"),
+     "bases.centos7.source_tools[6]: tk is built against tcl: list tcl too"),
     ("source-tool-twice", edit("source_tools: [git, autoconf, automake, libtool]  # EL8", "source_tools: [git, git]  # EL8"),
      "bases.almalinux8: source_tools: listed twice: git"),
     ("source-tool-url-substitution", edit("https://www.kernel.org/pub/software/scm/git/git-2.55.0.tar.xz",

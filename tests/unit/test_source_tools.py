@@ -60,7 +60,7 @@ def test_every_base_builds_or_declares_its_build_tools():
 def test_rendered_dockerfile_builds_the_base_s_tools_from_their_pins(target):
     text = render_dockerfile(target)
     parts = stages(text)
-    built = [n for n in SOURCE_TOOL_ORDER if n in target.base.source_tools and n not in ("tcl", "tk")]
+    built = [n for n in SOURCE_TOOL_ORDER if n in target.base.source_tools and n not in ("tcl", "tk", "libxcrypt")]
     staged = {p.filename: p for p in target.source_pins()}
     if not built:
         assert "source_tools" not in parts and "COPY --from=source_tools" not in text
@@ -213,3 +213,24 @@ def test_the_time_model_counts_the_tools_under_qemu_for_an_emulated_target():
         added = with_tools.minutes_cached - without.minutes_cached
         assert added == pytest.approx(tools * factor * workflow.FOUR_CORE_FACTOR / 60, abs=1), (arch, added)
         assert with_tools.minutes_uncached < workflow.JOB_BUDGET_MINUTES
+
+
+def test_manylinux2014_replaces_glibc_s_libcrypt_with_libxcrypt_in_the_runtime_stage():
+    """pypa's manylinux2014 carries libxcrypt 4.5.2 (libcrypt.so.2, a glibc-compatible
+    libcrypt.so.1) in place of glibc's libcrypt, from its runtime stage on, so the interpreters
+    and every later stage link it: ours builds it from pypa's pin in the runtime stage, after the
+    loader searches /usr/local, and no other image does. (Only the workflow builds manylinux2014:
+    the recipe's own checks, both sonames in /usr/local/lib and none of glibc's left, run there.)"""
+    assert Version(SPEC.data.source_tools["libxcrypt"].version) >= Version(CONTRACT.pypa_versions["libxcrypt"])
+    for name, image in SPEC.images.items():
+        for arch in image.archs:
+            target = resolve_target(SPEC, name, arch)
+            runtime = stages(render_dockerfile(target))["runtime"]
+            if name != "manylinux2014":
+                assert "libxcrypt" not in target.base.source_tools and "build-tool.sh libxcrypt" not in runtime
+                continue
+            pin = SPEC.data.source_tools["libxcrypt"]
+            assert f"bash /build/build-tool.sh libxcrypt /build/{pin.filename} /" in runtime
+            assert f"sha256 {pin.sha256}" in runtime
+            assert runtime.index("00-manylinux.conf && ldconfig") < runtime.index("build-tool.sh libxcrypt")
+            assert any(p.filename == pin.filename and p.sha256 == pin.sha256 for p in target.source_pins())
