@@ -203,6 +203,7 @@ def stage_context(target: Target) -> dict:
         "devtoolset_root": (target.toolchain.prefix or "").removesuffix("/usr"),
         "locale_setup": vars(family_layer(target.base.family))["locale_setup"],
         "toolchain_name": target.toolchain_name,
+        "toolset_first_on_path": target.image.toolset_first_on_path,
         "toolchain": target.toolchain,
         "repositories": repositories(target),
         "toolchain_fixes": toolchain_fixes(target),

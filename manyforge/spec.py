@@ -437,6 +437,9 @@ class Image(_Model):
     # Interpreters cibuildwheel asks for that the image neither carries nor offers, and why:
     # its catalog says so, and `ensure` of one fails with the reason.
     not_offered: dict[InterpreterTag, Reason] = {}
+    # The toolchain's bin directory before /usr/local/bin on PATH, as pypa's image of the policy
+    # has it (its build.sh PREPEND_PATH); otherwise /usr/local/bin comes first.
+    toolset_first_on_path: StrictBool = False
 
 
 # --- derived images: a parent (an image of the matrix, or one pinned by digest) plus additions ---
@@ -1141,6 +1144,13 @@ def _cross_check(
                     f"{at}.{key}: toolchain {tc!r} is of family {spec.toolchains[tc].family}, the image's base of "
                     f"{'/'.join(sorted(families))}"
                 )
+        if image.toolset_first_on_path:
+            for tc in (image.toolchain, *image.toolchain_variants):
+                if tc in spec.toolchains and not spec.toolchains[tc].prefix:
+                    problems.append(f"{at}.toolset_first_on_path: toolchain {tc!r} installs into /usr (no prefix): there is no toolset directory to put first")
+            for _, b in bases:
+                if b in spec.bases and spec.bases[b].march:
+                    problems.append(f"{at}.toolset_first_on_path: base {b!r} wraps the compilers in /usr/local/bin (march), which must stay first")
         if len(set(image.archs)) != len(image.archs):
             problems.append(f"{at}.archs: an architecture is listed twice")
         for i, tag in enumerate(image.interpreters):

@@ -209,6 +209,10 @@ SPEC_CASES = [
     ("debian-tool-version-injection", edit('version: "2.6.2-3"  # newer', 'version: "2.6.2-3; id"  # newer'), "debian_tools.libtool.version"),
     ("debian-tool-on-rhel", edit("    source_tools: [git, autoconf, automake, libtool]  # EL8", "    debian_tools: [autoconf]\n    source_tools: [git, autoconf, automake, libtool]  # EL8"),
      "bases.almalinux8.debian_tools: family dnf does not use it (only apt)"),
+    ("toolset-first-without-toolset", edit("    toolchain: debian-gcc-12\n", "    toolchain: debian-gcc-12\n    toolset_first_on_path: true\n"),
+     "images.manylinux_2_36.toolset_first_on_path: toolchain 'debian-gcc-12' installs into /usr (no prefix)"),
+    ("toolset-first-with-march", edit("    toolchain: gcc-toolset-14\n    toolchain_variants", "    toolchain: gcc-toolset-14\n    toolset_first_on_path: true\n    toolchain_variants"),
+     "images.manylinux_2_34.toolset_first_on_path: base 'almalinux9' wraps the compilers in /usr/local/bin (march), which must stay first"),
     ("git-lfs-release-not-bool", edit("    git_lfs_release: true\n  almalinux8:", "    git_lfs_release: \"yes\"\n  almalinux8:"),
      "bases.centos7.git_lfs_release"),
 ]

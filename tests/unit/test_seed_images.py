@@ -87,6 +87,32 @@ def test_el9_x86_64_compilers_are_wrapped_to_the_x86_64_baseline():
     assert "PATH=/usr/local/sbin:/usr/local/bin:/opt/rh/gcc-toolset-14/root/usr/bin:" in rendered("manylinux_2_34", "x86_64")
 
 
+# pypa's build.sh (commit ad3c4539), PREPEND_PATH per policy: manylinux2014 and manylinux_2_28
+# "${DEVTOOLSET_ROOTPATH}/usr/bin:", manylinux_2_34 "/usr/local/bin:${DEVTOOLSET_ROOTPATH}/usr/bin:",
+# before the base image's PATH (/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin).
+PYPA_PATH = {
+    "manylinux2014": "/opt/rh/devtoolset-10/root/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "manylinux_2_28": "/opt/rh/gcc-toolset-14/root/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "manylinux_2_34": "/usr/local/bin:/opt/rh/gcc-toolset-14/root/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+}
+
+
+@pytest.mark.parametrize("image", sorted(PYPA_PATH))
+def test_toolset_images_order_path_as_pypa_s(image):
+    """The same directories, searched in the same order, as on pypa's image of the policy (pypa's
+    2_34 PATH names /usr/local/bin twice: the first of each counts; /usr/local/sbin, empty in
+    both, is left out of the comparison)."""
+
+    def order(path: str) -> list[str]:
+        return [d for d in dict.fromkeys(path.split(":")) if d != "/usr/local/sbin"]
+
+    for arch in SPEC.image(image).archs:
+        text = render_dockerfile(resolve_target(SPEC, image, arch))
+        ours = re.search(r"^    PATH=(\S+)$", text, re.M)
+        assert ours is not None
+        assert order(ours.group(1)) == order(PYPA_PATH[image]), (image, arch)
+
+
 @pytest.mark.parametrize("image", ["manylinux2014", "manylinux_2_28", "manylinux_2_34"])
 def test_toolset_images_fix_the_libstdcxx_linker_script_and_have_libatomic(image):
     target = resolve_target(SPEC, image, "aarch64")
