@@ -102,12 +102,35 @@ BEFORE_INTERPRETERS = ("tcl", "tk")
 IN_RUNTIME = ("libxcrypt",)
 
 
-def tool_packages(target: Target, arch_suffix: str = "") -> list[str]:
-    """What the source_tools stage installs for its builds (git: libcurl's headers), kept out of
-    the build stage so that adding a tool never rebuilds an interpreter; `arch_suffix` (":s390x")
-    names the target's own where the stage cross-compiles with multiarch packages."""
+# Tools whose cross-compiled build is the one a native build makes (git's Makefile probes nothing
+# of the target): a multiarch family's cross stage builds them. The others (libtool records the
+# compiler's and the loader's search paths it finds at configure time) build on the target.
+CROSS_COMPILED_TOOLS = ("git",)
+
+
+def tools_cross_compiled(target: Target) -> bool:
+    """Whether the cross stage builds CROSS_COMPILED_TOOLS: a cross build of a family that installs
+    the target's development packages next to the build host's (Debian, multiarch)."""
+    return target.cross_compiles and bool(vars(family_layer(target.base.family)).get("cross_multiarch"))
+
+
+def replaced_release_packages(target: Target) -> list[str]:
+    """The release's packages the final stage removes because a from-source tool takes their place
+    and their copy would be found first (Debian's libtool.m4 before /usr/local's)."""
     packages = vars(family_layer(target.base.family)).get("source_tool_packages", {})
-    needed = [p for t in target.base.source_tools if t not in BEFORE_INTERPRETERS + IN_RUNTIME for p in packages.get(t, {}).get("needs", [])]
+    return list(dict.fromkeys(p for t in target.base.source_tools for p in packages.get(t, {}).get("removes", [])))
+
+
+def tool_packages(target: Target, arch_suffix: str = "", cross: bool | None = None) -> list[str]:
+    """What the source_tools stages install for their builds (git: libcurl's headers), kept out
+    of the build stage so that adding a tool never rebuilds an interpreter. cross=True: the cross
+    stage's (CROSS_COMPILED_TOOLS; `arch_suffix` ":s390x" names the target's multiarch package),
+    cross=False: the target's stage's (the rest), None: every tool's."""
+    packages = vars(family_layer(target.base.family)).get("source_tool_packages", {})
+    tools = [t for t in target.base.source_tools if t not in BEFORE_INTERPRETERS + IN_RUNTIME]
+    if cross is not None:
+        tools = [t for t in tools if (t in CROSS_COMPILED_TOOLS) == cross]
+    needed = [p for t in tools for p in packages.get(t, {}).get("needs", [])]
     return [p + arch_suffix for p in dict.fromkeys(needed)]
 
 
@@ -152,7 +175,7 @@ def declared_packages(target: Target, final: bool = True) -> list[str]:
     packages = [*family["runtime_packages"], *target.base.packages, *target.toolchain.packages, *build_packages(target)]
     # The source_tools stage's (a stage of the final image only): on the target's platform unless
     # it cross-compiles them (multiarch), where packages_checks asks for them.
-    packages += tool_packages(target) if final and not (target.cross_compiles and family.get("cross_multiarch")) else []
+    packages += tool_packages(target, cross=False if tools_cross_compiled(target) else None) if final else []
     packages += final_packages(target) if final else []
     return list(dict.fromkeys(packages))
 
@@ -214,7 +237,15 @@ def stage_context(target: Target) -> dict:
         "runtime_tools": [t for t in target.tool_builds() if t["name"] in IN_RUNTIME],
         "tcltk": [t for t in target.tool_builds() if t["name"] in BEFORE_INTERPRETERS],
         "tools": [t for t in target.tool_builds() if t["name"] not in BEFORE_INTERPRETERS + IN_RUNTIME],
-        "tool_packages": tool_packages(target),
+        # A multiarch cross build splits them: what cross-compiles in the cross stage, the rest on the target.
+        "tools_cross": [t for t in target.tool_builds() if t["name"] in CROSS_COMPILED_TOOLS] if tools_cross_compiled(target) else [],
+        "tools_cross_names": ", ".join(n for n in CROSS_COMPILED_TOOLS if n in target.base.source_tools) if tools_cross_compiled(target) else "",
+        "tools_target": [
+            t for t in target.tool_builds()
+            if t["name"] not in BEFORE_INTERPRETERS + IN_RUNTIME + (CROSS_COMPILED_TOOLS if tools_cross_compiled(target) else ())
+        ],  # fmt: skip
+        "tool_packages": tool_packages(target, cross=False if tools_cross_compiled(target) else None),
+        "tools_replace": replaced_release_packages(target),
         # Newer Debian packages over the release's own (pypa's autotools), final stage only.
         "debian_tools": target.debian_tool_files(),
         "debian_tool_paths": [f"/build/debs/{d['filename']}" for d in target.debian_tool_files()],
@@ -257,7 +288,7 @@ def cross_compiler(target: Target) -> dict:
         host_tools = {p for lib in target.base.libraries for p in family_libs[lib]["needs"]}
         out["packages"] = [f"{p}:{arch}" for p in ["libc6-dev", *build_packages(target, cross=True)] if p not in host_tools]
         # The from-source tools cross-compile here too (source_tools), with the target's packages.
-        out["tool_packages"] = tool_packages(target, f":{arch}")
+        out["tool_packages"] = tool_packages(target, f":{arch}", cross=True)
     if target.toolchain.cross:
         version = target.toolchain.cross.rsplit("-", 1)[-1]
         # Debian's package names spell the triplet with `-` for `_` (gcc-12-x86-64-linux-gnu, the

@@ -1089,14 +1089,14 @@ def _cross_check(
             if needed and needed not in declared.source_tools:
                 problems.append(f"{f}: bases.{base_name}.source_tools[{i}]: {built} is built against {needed}: list {needed} too")
         for i, name in enumerate(declared.debian_tools):
-            tool = spec.debian_tools.get(name)
-            if tool is None:
+            deb = spec.debian_tools.get(name)
+            if deb is None:
                 problems.append(
                     f"{f}: bases.{base_name}.debian_tools[{i}]: {name!r} has no pinned package under debian_tools; "
                     f"pinned: {', '.join(spec.debian_tools) or 'none'}"
                 )
                 continue
-            missing = [a for a in declared.archs if tool.file_for(a) is None]
+            missing = [a for a in declared.archs if deb.file_for(a) is None]
             if missing:
                 problems.append(f"{f}: bases.{base_name}.debian_tools[{i}]: debian_tools.{name}.files has no package for {', '.join(missing)}")
         if declared.git_lfs_release:

@@ -237,7 +237,7 @@ def test_packages_check_for_ubi_asks_for_the_sysroot_and_the_cross_stage(arch, t
     assert not [p for p in host_packages if re.match(r"(clang|lld|llvm)\b", p)]
     # Both lists are what the Dockerfile installs, stage by stage.
     text = render_dockerfile(target)
-    own_stages = stage(text, "runtime") + stage(text, "build") + stage(text, "final")
+    own_stages = stage(text, "runtime") + stage(text, "build") + stage(text, "source_tools") + stage(text, "final")
     host_stages = stage(text, "native_runtime") + stage(text, "native_build")
     assert all(p in own_stages for p in own_packages) and all(p in host_stages for p in host_packages)
 

@@ -191,7 +191,7 @@ def test_packages_check_asks_for_the_cross_stage_packages_on_the_build_host(targ
     where, packages, setup = checks[1]
     found = stages(render_dockerfile(target))
     # The source_tools stage cross-compiles git with the target's libcurl (Debian, multiarch).
-    cross = found["cross"] + found.get("source_tools", "")
+    cross = found["cross"] + found.get("source_tools_cross", "")
     native = found["native_runtime"] + found["native_build"]
     assert packages and all(p in cross or p in native for p in packages)
     text = (write_packages_check(where, tmp_path / "ctx", packages, setup) / "Dockerfile").read_text()

@@ -65,14 +65,16 @@ def test_rendered_dockerfile_builds_the_base_s_tools_from_their_pins(target):
     if not built:
         assert "source_tools" not in parts and "COPY --from=source_tools" not in text
         return
-    runs = tool_runs(parts["source_tools"])
-    assert [name for name, _ in runs] == built
+    # A multiarch cross build (Debian) cross-compiles git in its own stage, the rest on the target.
+    both = parts.get("source_tools_cross", "") + parts["source_tools"]
+    runs = tool_runs(both)
+    assert sorted(name for name, _ in runs) == sorted(built)
     for name, filename in runs:
         pin = SPEC.data.source_tools[name]
         # The file the step reads is the pinned one, staged into the context by its sha256.
         assert filename == pin.filename and filename in staged and staged[filename].sha256 == pin.sha256
-        assert f"sources/{filename},target=/build/{filename}" in parts["source_tools"]
-        assert f"sha256 {pin.sha256}" in parts["source_tools"]  # the Dockerfile says what it builds
+        assert f"sources/{filename},target=/build/{filename}" in both
+        assert f"sha256 {pin.sha256}" in both  # the Dockerfile says what it builds
     final = parts["final"]
     assert "COPY --from=source_tools /opt/_internal/source-tools/usr/local/ /usr/local/" in final
     assert final.index("COPY --from=source_tools") < final.index("finalize.sh")  # before ldconfig
@@ -86,7 +88,7 @@ def test_rendered_dockerfile_builds_the_base_s_tools_from_their_pins(target):
     needs = vars(family_layer(target.base.family)).get("source_tool_packages", {}).get("git", {}).get("needs", [])
     if "git" in built and needs:
         assert not set(needs) & set(build_packages(target)), needs
-        install = parts["source_tools"].split("bash /build/build-tool.sh")[0]
+        install = (parts.get("source_tools_cross") or parts["source_tools"]).split("bash /build/build-tool.sh")[0]
         for p in needs:
             # Cross-compiled with multiarch packages (Debian): the target's own, e.g. libcurl4-openssl-dev:s390x.
             assert re.search(rf"\s{re.escape(p)}(:[a-z0-9]+)?\s", install), (p, install)
@@ -101,12 +103,23 @@ def test_debian_images_build_git_natively_or_cross_compiled_never_under_qemu(tar
     tools = parts["source_tools"]
     debian_arch = {"x86_64": "amd64", "i686": "i386", "aarch64": "arm64", "armv7l": "armhf", "ppc64le": "ppc64el"}.get(target.arch, target.arch)
     if target.cross_compiles:
-        assert tools.startswith("FROM cross AS source_tools")
-        assert f"libcurl4-openssl-dev:{debian_arch}" in tools
-        assert "MANYFORGE_CROSS=" in tools and "target=/build/cross-env.sh" in tools
+        crossed = parts["source_tools_cross"]
+        assert crossed.startswith("FROM cross AS source_tools_cross")
+        assert [n for n, _ in tool_runs(crossed)] == ["git"]
+        assert f"libcurl4-openssl-dev:{debian_arch}" in crossed
+        assert "MANYFORGE_CROSS=" in crossed and "target=/build/cross-env.sh" in crossed
+        # libtool on the target (its configure records the target's own search paths), under QEMU.
+        assert tools.startswith("FROM runtime AS source_tools") and "MANYFORGE_CROSS=" not in tools
+        assert [n for n, _ in tool_runs(tools)] == ["libtool"]
+        assert "COPY --from=source_tools_cross /opt/_internal/source-tools/ /opt/_internal/source-tools/" in tools
     else:
-        assert not tools.startswith("FROM cross") and "MANYFORGE_CROSS=" not in tools
+        assert "source_tools_cross" not in parts and "MANYFORGE_CROSS=" not in tools
         assert re.search(r"\slibcurl4-openssl-dev\s", tools)
+        assert [n for n, _ in tool_runs(tools)] == ["git", "libtool"]
+    # The release's libtool goes; aclocal (the release's automake) searches /usr/local's macros.
+    final = parts["final"]
+    assert "apt-get purge -y -qq libtool libtool-bin" in final
+    assert "/usr/local/share/aclocal >> \"$(aclocal --print-ac-dir)/dirlist\"" in final
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.slug)
@@ -124,7 +137,7 @@ def test_newer_debian_packages_install_from_their_pins(target):
     for name in names:
         f = SPEC.data.debian_tools[name].file_for(target.arch)
         assert f is not None and f.filename in staged and staged[f.filename].sha256 == f.sha256
-        assert f.filename.endswith(("_all.deb", f"_{ {'x86_64': 'amd64', 'i686': 'i386', 'aarch64': 'arm64', 'armv7l': 'armhf', 'ppc64le': 'ppc64el'}.get(target.arch, target.arch)}.deb"))
+        assert f.filename.endswith(("_all.deb", f"_{ {'x86_64': 'amd64', 'i686': 'i386', 'aarch64': 'arm64', 'armv7l': 'armhf', 'ppc64le': 'ppc64el'}.get(target.arch, target.arch)}.deb"))  # noqa: E501
         assert f"source=sources/{f.filename},target=/build/debs/{f.filename}" in final
         assert f"/build/debs/{f.filename}" in final.split("apt-get install", 1)[1]
         assert f"sha256 {f.sha256}" in final

@@ -48,7 +48,7 @@ def test_unknown_key_names_path_and_allowed_keys(tmp_path):
     assert problems == [
         "images.yaml: images.manylinux_2_36.archz: unknown key; allowed keys here: policy, libc, base, "
         "base_variants, toolchain, toolchain_variants, archs, interpreters, tools_interpreter, tools, "
-        "optional_tools, tool_versions, downloadable, not_offered"
+        "optional_tools, tool_versions, downloadable, not_offered, toolset_first_on_path"
     ]
 
 
