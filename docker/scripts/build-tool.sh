@@ -11,7 +11,9 @@
 # With MANYFORGE_CROSS set (a cross stage; /build/cross-env.sh), git is cross-compiled for that
 # target with its compiler and the target's development packages (Debian multiarch).
 set -euo pipefail
+name=${1:?}
 if [[ -n ${MANYFORGE_CROSS:-} ]]; then
+    [[ $name == git ]] || { echo "build-tool.sh: only git is cross-compiled, not $name" >&2; exit 1; }
     # shellcheck source=docker/scripts/cross-env.sh
     source "$(dirname "${BASH_SOURCE[0]}")/cross-env.sh"
 fi
@@ -76,8 +78,13 @@ case "$name" in
             # git's Makefile names its own cc and ar: the target's, from cross-env.sh. The build
             # host's curl-config would describe the host's libcurl: the target's is linked by
             # name, and `git version --build-options` names the target's CPU.
-            [[ $name == git ]] || { echo "build-tool.sh: only git is cross-compiled" >&2; exit 1; }
-            args+=(CC="$CC" AR="$AR" STRIP="$STRIP" CURL_LDFLAGS=-lcurl CURL_CONFIG=false USE_CURL_FOR_IMAP_SEND=YesPlease "HOST_CPU=${MANYFORGE_CROSS%%-*}")
+            # The CPU as `uname -m` names it on the target, which is what a native build records.
+            case ${MANYFORGE_CROSS%%-*} in
+                powerpc64le) cpu=ppc64le ;;
+                arm) cpu=armv7l ;;
+                *) cpu=${MANYFORGE_CROSS%%-*} ;;
+            esac
+            args+=(CC="$CC" AR="$AR" STRIP="$STRIP" CURL_LDFLAGS=-lcurl CURL_CONFIG=false USE_CURL_FOR_IMAP_SEND=YesPlease "HOST_CPU=$cpu")
         fi
         if glibc_before_2_25; then
             args+=(CSPRNG_METHOD=urandom NO_UNCOMPRESS2=1)  # CentOS 7: no getrandom(), zlib 1.2.7
@@ -166,7 +173,13 @@ hash -r
 case "$name" in
     curl) ;;
     libxcrypt) ls -l /usr/local/lib/libcrypt.so.[12] ;;
-    git) git --version ;;
+    git)
+        if [[ -n ${MANYFORGE_CROSS:-} ]]; then
+            file -L /usr/local/bin/git  # the target's binary: not run here (no QEMU in this stage)
+        else
+            git --version
+        fi
+        ;;
     autoconf) autoconf --version | head -1 ;;
     automake) automake --version | head -1 ;;
     libtool) libtoolize --version | head -1 ;;

@@ -290,6 +290,8 @@ def test_build_tools_are_the_declared_ones(host, built_image):
             assert Version(version) >= Version(contract.pypa_versions[tool]), (tool, version)
         if tool in target.base.source_tools:
             assert version == target.spec.data.source_tools[tool].version, (tool, version)
+            if tool == "git":  # built for the image's CPU, natively or cross-compiled: as `uname -m` names it
+                assert f"cpu: {target.arch}" in run(host, "git version --build-options").splitlines()
             assert run(host, f"command -v {command.split()[0]}") == f"/usr/local/bin/{command.split()[0]}"
         elif tool in target.base.debian_tools:
             package = target.spec.data.debian_tools[tool]
