@@ -212,6 +212,9 @@ def write_packages_check(target: Target, dest: Path, packages: list[str], setup:
 def stage_context(target: Target) -> dict:
     """What the template's stage macros need of one image×arch."""
     builds = target.interpreter_builds()
+    tools = target.tool_builds()
+    after = [t for t in tools if t["name"] not in BEFORE_INTERPRETERS + IN_RUNTIME]  # the source_tools stages'
+    crossed = CROSS_COMPILED_TOOLS if tools_cross_compiled(target) else ()
     return {
         "policy": target.image.policy,
         "auditwheel_policy": target.auditwheel_policy,
@@ -234,17 +237,14 @@ def stage_context(target: Target) -> dict:
         "libraries": target.library_builds(),
         # From-source tools: Tcl/Tk build before the interpreters (tkinter links them), the
         # rest after, for the final image only.
-        "runtime_tools": [t for t in target.tool_builds() if t["name"] in IN_RUNTIME],
-        "tcltk": [t for t in target.tool_builds() if t["name"] in BEFORE_INTERPRETERS],
-        "tools": [t for t in target.tool_builds() if t["name"] not in BEFORE_INTERPRETERS + IN_RUNTIME],
+        "runtime_tools": [t for t in tools if t["name"] in IN_RUNTIME],
+        "tcltk": [t for t in tools if t["name"] in BEFORE_INTERPRETERS],
+        "tools": after,
         # A multiarch cross build splits them: what cross-compiles in the cross stage, the rest on the target.
-        "tools_cross": [t for t in target.tool_builds() if t["name"] in CROSS_COMPILED_TOOLS] if tools_cross_compiled(target) else [],
-        "tools_cross_names": ", ".join(n for n in CROSS_COMPILED_TOOLS if n in target.base.source_tools) if tools_cross_compiled(target) else "",
-        "tools_target": [
-            t for t in target.tool_builds()
-            if t["name"] not in BEFORE_INTERPRETERS + IN_RUNTIME + (CROSS_COMPILED_TOOLS if tools_cross_compiled(target) else ())
-        ],  # fmt: skip
-        "tool_packages": tool_packages(target, cross=False if tools_cross_compiled(target) else None),
+        "tools_cross": [t for t in after if t["name"] in crossed],
+        "tools_cross_names": ", ".join(t["name"] for t in after if t["name"] in crossed),
+        "tools_target": [t for t in after if t["name"] not in crossed],
+        "tool_packages": tool_packages(target, cross=False if crossed else None),
         "tools_replace": replaced_release_packages(target),
         # Newer Debian packages over the release's own (pypa's autotools), final stage only.
         "debian_tools": target.debian_tool_files(),
